@@ -1,0 +1,48 @@
+"""mcmc_customgrad: implicit derivatives for inner solves inside log-densities.
+
+Put a piece JAX cannot differentiate through (an inner minimisation, a root or fixed
+point found by a ``while_loop``, a SciPy solver on the host) behind a ``custom_jvp`` rule
+derived from its optimality condition, then sample the log-density with Blackjax.
+
+Examples
+--------
+>>> import jax, jax.numpy as jnp
+>>> import mcmc_customgrad as mcg
+>>> g = lambda y, x: jnp.sum(jnp.abs(y) ** 3 / 3 - x * y)
+>>> conjugate = lambda x: -mcg.min_value(g, jnp.zeros(1), x)
+>>> round(float(jax.grad(conjugate)(jnp.array([0.31415]))[0]), 7)
+0.5604908
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from . import stable
+from .implicit import (
+    SolverError,
+    SolverInfo,
+    argmin,
+    fixed_point,
+    linear,
+    min_value,
+    root,
+    solvers,
+)
+
+try:
+    __version__ = _version("mcmc_customgrad")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "root",
+    "fixed_point",
+    "argmin",
+    "min_value",
+    "SolverInfo",
+    "SolverError",
+    "solvers",
+    "linear",
+    "stable",
+    "__version__",
+]

@@ -1,0 +1,134 @@
+"""Any user callable as a forward solver, with the residual checked afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from ._base import (
+    Problem,
+    Solver,
+    SolverInfo,
+    SolverResult,
+    converged_within,
+    max_norm,
+    validate_tolerance,
+)
+
+__all__ = ["Custom", "checked_result"]
+
+
+def checked_result(problem: Problem, y0, params, y, claimed, num_steps, rtol, atol):
+    """Recompute the optimality residual at ``y`` and decide convergence (rule 6).
+
+    A solver's own claim is necessary but not sufficient: ``y`` must also satisfy
+    ``|F(y)|_inf <= atol + rtol |F(y0)|_inf``.
+    """
+    residual = max_norm(problem.residual(y, params))
+    scale = max_norm(problem.residual(y0, params))
+    ok = claimed & converged_within(residual, scale, rtol, atol)
+    return SolverResult(y, ok, num_steps, residual)
+
+
+def _claims(extra):
+    """Read ``(converged, num_steps)`` from what a custom solver returned beside ``y``."""
+    if isinstance(extra, SolverInfo):
+        return extra.converged, extra.num_steps
+    converged = getattr(extra, "converged", getattr(extra, "success", None))
+    steps = getattr(extra, "num_steps", getattr(extra, "nit", None))
+    if converged is None and isinstance(extra, bool | jax.Array):
+        converged = extra
+    if converged is None:
+        raise ValueError(
+            "a custom solver may return y, or (y, info) where info is a SolverInfo, a "
+            "boolean 'converged', or an object with .converged/.success (and optionally "
+            f".num_steps/.nit); got (y, {type(extra).__name__})."
+        )
+    steps = -1 if steps is None else steps
+    return jnp.asarray(converged, bool), jnp.asarray(steps, jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Custom(Solver):
+    """Wrap your own solver: ``fn(fun, y0, *args) -> y`` or ``(y, info)``.
+
+    ``fun``, ``y0`` and ``args`` are what you passed to ``mcg.root``/``argmin``/
+    ``fixed_point``/``min_value`` (``fun`` with its closed-over values bound). ``fn`` may
+    be anything JAX can trace: a ``lax.while_loop``, ``jax.scipy.optimize.minimize`` (the
+    seed-000 recipe), a call to another library. JAX never differentiates it: the
+    derivative comes from the optimality condition. A plain callable passed as
+    ``solver=`` is wrapped in ``Custom`` with default tolerances.
+
+    The result is trusted only if the optimality residual at ``y`` is within
+    ``atol + rtol |F(y0)|_inf`` (and ``info`` does not report a failure); otherwise the
+    solve counts as failed.
+
+    Parameters
+    ----------
+    fn : callable
+        The solver.
+    rtol, atol : float, optional
+        Tolerances of the residual check; ``None`` means ``1e-10`` in float64.
+
+    Examples
+    --------
+    The seed-000 recipe, BFGS from ``jax.scipy`` (note: it ignores ``tol=``; set
+    ``gtol`` in ``options``):
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.scipy.optimize import minimize
+    >>> import mcmc_customgrad as mcg
+    >>> def scipy_bfgs(g, y0, x):
+    ...     res = minimize(lambda y: g(y, x), y0, method="BFGS", options={"gtol": 1e-12})
+    ...     return res.x, res.success
+    >>> g = lambda y, x: jnp.sum(jnp.abs(y) ** 3 / 3 - x * y)
+    >>> f = lambda x: -mcg.min_value(g, jnp.zeros(1), x, solver=scipy_bfgs)
+    >>> round(float(jax.grad(f)(jnp.array([0.31415]))[0]), 7)
+    0.5604908
+    """
+
+    fn: Callable
+    rtol: float | None = None
+    atol: float | None = None
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"Custom: fn must be callable, got {type(self.fn).__name__}.")
+        validate_tolerance(self.rtol, "rtol", "Custom")
+        validate_tolerance(self.atol, "atol", "Custom")
+
+    def run(self, problem: Problem, y0, params) -> SolverResult:
+        """Call ``fn`` and check its answer."""
+        rtol, atol = self.tolerances(problem.dtype)
+        args, consts = params
+
+        def fun(y, *a):
+            return problem.user_fun(y, (a, consts))
+
+        y0_tree = problem.unravel(y0)
+        out = self.fn(fun, y0_tree, *args)
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        structure = jax.tree.structure(y0_tree)
+        if jax.tree.structure(out) == structure:
+            y_tree, claimed, steps = out, jnp.array(True), jnp.array(-1, jnp.int32)
+        elif isinstance(out, tuple) and len(out) == 2 and jax.tree.structure(out[0]) == structure:
+            y_tree = out[0]
+            claimed, steps = _claims(out[1])
+        else:
+            raise ValueError(
+                f"custom solver {name!r} must return y with the structure of y0, or "
+                f"(y, info); y0 is {structure} but the solver returned "
+                f"{jax.tree.structure(out)}."
+            )
+        for got, want in zip(jax.tree.leaves(y_tree), jax.tree.leaves(y0_tree), strict=True):
+            if jnp.shape(got) != want.shape:
+                raise ValueError(
+                    f"custom solver {name!r} returned an array of shape {jnp.shape(got)} "
+                    f"where y0 has shape {want.shape}."
+                )
+        y = ravel_pytree(jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), y_tree, y0_tree))[0]
+        return checked_result(problem, y0, params, y, claimed, steps, rtol, atol)

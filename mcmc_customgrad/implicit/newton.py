@@ -1,0 +1,172 @@
+"""Damped Newton for small dense problems (roots, fixed points and minima)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._base import (
+    Problem,
+    Solver,
+    SolverResult,
+    converged_within,
+    max_norm,
+    validate_positive_int,
+    validate_tolerance,
+)
+from ._linesearch import backtrack
+
+__all__ = ["Newton"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Newton(Solver):
+    """Levenberg-Marquardt-damped Newton with an Armijo line search.
+
+    For a minimum the step solves ``(H + mu I) p = -g`` (Cholesky) with
+    ``mu = lam |g|``; for a root (and a fixed point, as the root of ``T(y) - y``) it is
+    the least-squares solution of ``[J; sqrt(mu) I] p = [-F; 0]`` (QR, so the condition
+    number is not squared) with ``mu = lam |F|``. The damping vanishes with the residual,
+    so convergence is quadratic near a regular solution, while a singular Hessian or
+    Jacobian (the seed-000 start ``y0 = 0`` of ``|y|^3/3 - x y``, where plain Newton
+    stalls) still gives a well-defined descent step. ``lam`` shrinks after full steps and
+    grows after shortened ones. The line search rejects non-finite trial points.
+
+    Converged when ``|F(y)|_inf <= atol + rtol |F(y0)|_inf`` or when a full undamped
+    step is below ``atol + rtol |y|_inf`` (``y`` is then known to that accuracy even if
+    rounding keeps the residual above ``atol``).
+
+    Parameters
+    ----------
+    rtol, atol : float, optional
+        Tolerances; ``None`` means ``1e-10`` in float64.
+    max_steps : int
+        Newton iterations before giving up (then NaN and ``converged == False``).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import mcmc_customgrad as mcg
+    >>> g = lambda y, x: jnp.sum(jnp.abs(y) ** 3 / 3 - x * y)
+    >>> y, info = mcg.argmin(g, jnp.zeros(1), jnp.array([0.31415]),
+    ...                      solver=mcg.solvers.Newton(), full_output=True)
+    >>> bool(info.converged), round(float(y[0]), 6)
+    (True, 0.560491)
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    max_steps: int = 100
+
+    def __post_init__(self):
+        validate_tolerance(self.rtol, "rtol", "Newton")
+        validate_tolerance(self.atol, "atol", "Newton")
+        validate_positive_int(self.max_steps, "max_steps", "Newton")
+
+    def run(self, problem: Problem, y0, params) -> SolverResult:
+        """Solve ``problem`` from ``y0``."""
+        rtol, atol = self.tolerances(problem.dtype)
+        if problem.kind == "argmin":
+            return _newton_min(problem, y0, params, rtol, atol, self.max_steps)
+        return _newton_root(problem, y0, params, rtol, atol, self.max_steps)
+
+
+def _lam_update(lam, alpha):
+    return jnp.clip(jnp.where(alpha == 1.0, 0.25 * lam, 4.0 * lam), 1e-6, 1e6)
+
+
+def _newton_min(problem, y0, params, rtol, atol, max_steps):
+    def f(y):
+        return problem.objective(y, params)
+
+    value_and_grad = jax.value_and_grad(f)
+    hessian = jax.hessian(f)
+    n = y0.shape[0]
+    eye = jnp.eye(n, dtype=y0.dtype)
+
+    f0, g0 = value_and_grad(y0)
+    scale = max_norm(g0)
+
+    def done(g, step_small):
+        return converged_within(max_norm(g), scale, rtol, atol) | step_small
+
+    def cond(state):
+        _y, fy, g, _lam, k, small = state
+        return (k < max_steps) & ~done(g, small) & jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
+
+    def body(state):
+        y, fy, g, lam, k, _ = state
+        h = hessian(y)
+        mu = lam * jnp.linalg.norm(g)
+        chol = jnp.linalg.cholesky(h + mu * eye)
+        p = -jax.scipy.linalg.cho_solve((chol, True), g)
+        slope = jnp.vdot(g, p)
+        newton_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
+        # Indefinite or broken Hessian: a gradient step scaled by the curvature bound.
+        p_grad = -g / (jnp.linalg.norm(h) + mu + jnp.finfo(y.dtype).tiny)
+        p = jnp.where(newton_ok, p, p_grad)
+        slope = jnp.where(newton_ok, slope, jnp.vdot(g, p_grad))
+        alpha, _, accepted = backtrack(f, y, fy, p, slope)
+        y_new = jnp.where(accepted, y + alpha * p, y)
+        f_new, g_new = value_and_grad(y_new)
+        small = accepted & newton_ok & (alpha == 1.0) & (mu <= 1e-3 * jnp.linalg.norm(h))
+        small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
+        return y_new, f_new, g_new, _lam_update(lam, alpha), k + 1, small
+
+    one = jnp.ones((), y0.dtype)
+    state = (y0, f0, g0, one, 0, jnp.array(False))
+    y, fy, g, _, k, small = lax.while_loop(cond, body, state)
+    ok = done(g, small) & jnp.isfinite(fy)
+    return SolverResult(y, ok, k, max_norm(g))
+
+
+def _newton_root(problem, y0, params, rtol, atol, max_steps):
+    def F(y):
+        return problem.residual(y, params)
+
+    def merit(y):
+        r = F(y)
+        return 0.5 * jnp.vdot(r, r)
+
+    jacobian = jax.jacfwd(F)
+    n = y0.shape[0]
+    eye = jnp.eye(n, dtype=y0.dtype)
+    zeros = jnp.zeros(n, y0.dtype)
+
+    r0 = F(y0)
+    scale = max_norm(r0)
+
+    def done(r, step_small):
+        return converged_within(max_norm(r), scale, rtol, atol) | step_small
+
+    def cond(state):
+        _y, r, _lam, k, small = state
+        return (k < max_steps) & ~done(r, small) & jnp.all(jnp.isfinite(r))
+
+    def body(state):
+        y, r, lam, k, _ = state
+        j = jacobian(y)
+        mu = lam * jnp.linalg.norm(r)
+        # Damped least squares [J; sqrt(mu) I] p = [-r; 0] by QR.
+        q, rr = jnp.linalg.qr(jnp.concatenate([j, jnp.sqrt(mu) * eye]))
+        p = jax.scipy.linalg.solve_triangular(rr, q.T @ jnp.concatenate([-r, zeros]))
+        grad_merit = j.T @ r
+        slope = jnp.vdot(grad_merit, p)
+        newton_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
+        p_grad = -grad_merit / (jnp.linalg.norm(j) ** 2 + mu + jnp.finfo(y.dtype).tiny)
+        p = jnp.where(newton_ok, p, p_grad)
+        slope = jnp.where(newton_ok, slope, jnp.vdot(grad_merit, p_grad))
+        alpha, _, accepted = backtrack(merit, y, 0.5 * jnp.vdot(r, r), p, slope)
+        y_new = jnp.where(accepted, y + alpha * p, y)
+        r_new = F(y_new)
+        small = accepted & newton_ok & (alpha == 1.0) & (mu <= 1e-3 * jnp.linalg.norm(j))
+        small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
+        return y_new, r_new, _lam_update(lam, alpha), k + 1, small
+
+    one = jnp.ones((), y0.dtype)
+    y, r, _, k, small = lax.while_loop(cond, body, (y0, r0, one, 0, jnp.array(False)))
+    ok = done(r, small) & jnp.all(jnp.isfinite(r))
+    return SolverResult(y, ok, k, max_norm(r))

@@ -1,0 +1,337 @@
+"""The one implicit-function-theorem rule, and :func:`root`.
+
+:func:`argmin` and :func:`fixed_point` are the same rule with another optimality residual
+(the gradient, and ``T(y) - y``); :func:`min_value` builds on the argmin rule.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ._base import KINDS, Problem, SolverError, SolverInfo
+from .linear import resolve_linear_solver
+from .solvers import resolve_solver
+
+__all__ = ["root", "prepare", "build_core", "finish"]
+
+ON_FAILURE = ("nan", "raise", "last")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(tree) -> str:
+    leaves = jax.tree.leaves(tree)
+    shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in leaves)
+    return f"{jax.tree.structure(tree)} with leaves [{shapes}]"
+
+
+def _as_y0(y0, where: str):
+    def convert(x):
+        try:
+            x = jnp.asarray(x)
+        except TypeError as err:
+            raise TypeError(
+                f"{where}: y0 must be a pytree of float arrays; got a leaf of type "
+                f"{type(x).__name__}."
+            ) from err
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(
+                f"{where}: y0 must have a real floating dtype, got {x.dtype} (write 0.0 "
+                "rather than 0, or cast with .astype(float))."
+            )
+        return x
+
+    y0 = jax.tree.map(convert, y0)
+    leaves = jax.tree.leaves(y0)
+    if not leaves or sum(x.size for x in leaves) == 0:
+        raise ValueError(f"{where}: y0 has no elements; there is nothing to solve for.")
+    dtypes = {x.dtype for x in leaves}
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"{where}: all leaves of y0 must share one dtype, got {sorted(map(str, dtypes))}."
+        )
+    return y0
+
+
+def _as_args(args, where: str):
+    def convert(x):
+        if isinstance(x, str | bytes) or callable(x):
+            raise TypeError(
+                f"{where}: args must be pytrees of arrays (they are what derivatives flow "
+                f"to); got a {type(x).__name__}. Capture static settings in fun's "
+                "closure instead, e.g. functools.partial(fun, option=...)."
+            )
+        try:
+            return jnp.asarray(x)
+        except TypeError as err:
+            raise TypeError(
+                f"{where}: args must be pytrees of arrays; got a leaf of type {type(x).__name__}."
+            ) from err
+
+    return jax.tree.map(convert, tuple(args))
+
+
+def _check_output(kind: str, out, y0, where: str) -> None:
+    if kind == "argmin":
+        leaves = jax.tree.leaves(out)
+        ok = (
+            len(leaves) == 1
+            and jax.tree.structure(out).num_leaves == 1
+            and leaves[0].shape == ()
+            and jnp.issubdtype(leaves[0].dtype, jnp.floating)
+        )
+        if not ok:
+            raise ValueError(
+                f"{where}: fun(y0, *args) must return a real scalar objective, got "
+                f"{_describe(out)}. Sum or reduce it to one number."
+            )
+        return
+    what = "fun(y, *args)" if kind == "root" else "the map fun(y, *args)"
+    if jax.tree.structure(out) != jax.tree.structure(y0):
+        raise ValueError(
+            f"{where}: {what} must return the same pytree structure as y0.\n"
+            f"  y0:       {_describe(y0)}\n  fun(y0):  {_describe(out)}"
+        )
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(y0), strict=True):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"{where}: {what} must return arrays with the shapes and dtypes of y0; "
+                f"got {tuple(a.shape)} {a.dtype} where y0 has {tuple(b.shape)} {b.dtype}."
+            )
+
+
+def prepare(kind: str, where: str, fun, y0, args):
+    """Validate the user's call and build the flat :class:`Problem`.
+
+    Returns ``(problem, y0_flat, params)`` where ``params = (args, consts)`` holds the
+    explicit arguments and the traced values ``fun`` closes over (closure conversion,
+    rule 4 of the design: derivatives must reach both).
+    """
+    assert kind in KINDS
+    if not callable(fun):
+        raise TypeError(f"{where}: fun must be callable, got {type(fun).__name__}.")
+    y0 = _as_y0(y0, where)
+    args = _as_args(args, where)
+    try:
+        converted, consts = jax.closure_convert(fun, y0, *args)
+    except Exception as err:
+        err.add_note(f"(raised while {where} traced fun(y0, *args) to check it)")
+        raise
+    out = jax.eval_shape(converted, y0, *args, *consts)
+    _check_output(kind, out, y0, where)
+
+    y0_flat, unravel = ravel_pytree(y0)
+
+    def user_fun(y_tree, params):
+        a, c = params
+        return converted(y_tree, *a, *c)
+
+    if kind == "argmin":
+
+        def fn(y, params):
+            return user_fun(unravel(y), params)
+    else:
+
+        def fn(y, params):
+            return ravel_pytree(user_fun(unravel(y), params))[0]
+
+    problem = Problem(
+        kind=kind,
+        fn=fn,
+        unravel=unravel,
+        user_fun=user_fun,
+        n=int(y0_flat.size),
+        dtype=y0_flat.dtype,
+    )
+    return problem, y0_flat, (args, tuple(consts))
+
+
+def zero_tangent(x):
+    """Zero tangent of a primal output (``float0`` for integer and boolean arrays)."""
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+
+
+# ------------------------------------------------------------------------------ the rule
+
+
+def build_core(problem: Problem, solver, linear_solver, on_failure: str):
+    """Build ``core(y0_flat, params) -> (y_flat, SolverInfo)`` with its ``custom_jvp``.
+
+    The forward solve runs ``solver`` (any while-loop, host callback or user code; JAX
+    never differentiates it). The derivative comes from the optimality condition alone.
+    """
+
+    @jax.custom_jvp
+    def core(y0, params):
+        res = solver.run(problem, y0, params)
+        y = jnp.asarray(res.y, problem.dtype)
+        ok = jnp.asarray(res.converged, bool) & jnp.all(jnp.isfinite(y))
+        if on_failure != "last":
+            # Failure is data (rule 5): a NaN value makes the density reject the proposal.
+            y = jnp.where(ok, y, jnp.nan)
+        info = SolverInfo(
+            converged=ok,
+            num_steps=jnp.asarray(res.num_steps, jnp.int32),
+            residual_norm=jnp.asarray(res.residual_norm, problem.dtype),
+        )
+        return y, info
+
+    # Implicit function theorem. At a solution y*(θ) the optimality residual vanishes,
+    #     F(y*(θ), θ) = 0          (root: F = fun; fixed point: F = T(y) - y;
+    #                               argmin: F = ∇_y f, the first-order condition).
+    # Differentiating along a tangent θ̇:
+    #     ∂_y F(y*, θ) ẏ + ∂_θ F(y*, θ) θ̇ = 0   ⇒   ẏ = -[∂_y F]^{-1} ∂_θ F θ̇.
+    # The solve is a lax.custom_linear_solve, linear in θ̇, so JAX can transpose it
+    # (reverse mode) and differentiate it (its operator closes over y* and θ). The rule
+    # obtains y* by calling `core` itself, so at higher orders this same rule gives
+    # the derivatives of y* that appear inside ∂_y F and ∂_θ F (rule 2). The derivative
+    # with respect to y0 is zero: y* does not depend on where the search started.
+    #
+    # Failed solves (the "double where"): where the solve failed, the linearisation point
+    # is y0 instead of NaN, the operator is the identity and the right-hand side zero, so
+    # the tangent is exactly zero and no NaN reaches the cotangents of other elements.
+    @core.defjvp
+    def core_jvp(primals, tangents):
+        y0, params = primals
+        _, params_dot = tangents
+        y, info = core(y0, params)
+        ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
+        y_lin = jnp.where(ok, y, y0)
+
+        _, rhs = jax.jvp(lambda p: problem.residual(y_lin, p), (params,), (params_dot,))
+        _, jvp_y = jax.linearize(lambda v: problem.residual(v, params), y_lin)
+
+        def matvec(v):
+            return jnp.where(ok, jvp_y(v), v)
+
+        y_dot = linear_solver(matvec, jnp.where(ok, -rhs, 0.0), symmetric=problem.symmetric)
+        y_dot = jnp.where(ok, y_dot, 0.0)
+        return (y, info), (y_dot, jax.tree.map(zero_tangent, info))
+
+    return core
+
+
+# ------------------------------------------------------------------------ public helpers
+
+
+def _raise_if_failed(where, solver_repr, converged, residual_norm, num_steps):
+    converged = np.asarray(converged)
+    if converged.all():
+        return
+    bad = np.flatnonzero(~converged.reshape(-1))
+    res = np.asarray(residual_norm).reshape(-1)[bad]
+    steps = np.asarray(num_steps).reshape(-1)[bad]
+    batch = "" if converged.ndim == 0 else f" ({bad.size} of {converged.size} batch elements)"
+    raise SolverError(
+        f"{where} did not converge{batch}: residual norm {res[0]:.3e} after {steps[0]} "
+        f"steps of {solver_repr}. Try a start y0 nearer the solution, a larger max_steps, "
+        "a looser rtol/atol, or another solver; on_failure='nan' (the default) returns NaN "
+        "instead so that a sampler rejects the proposal."
+    )
+
+
+def finish(where: str, solver, info: SolverInfo, on_failure: str) -> None:
+    """Apply ``on_failure="raise"``: a Python error eagerly, a host callback under ``jit``."""
+    if on_failure != "raise":
+        return
+    check = partial(_raise_if_failed, where, repr(solver))
+    if isinstance(info.converged, jax.core.Tracer):
+        jax.debug.callback(check, info.converged, info.residual_norm, info.num_steps)
+    else:
+        check(info.converged, info.residual_norm, info.num_steps)
+
+
+def check_options(where: str, full_output, on_failure) -> None:
+    """Validate the keyword options shared by every public solve."""
+    if not isinstance(full_output, bool):
+        raise TypeError(f"{where}: full_output must be True or False, got {full_output!r}.")
+    if on_failure not in ON_FAILURE:
+        raise ValueError(
+            f"{where}: on_failure must be one of {ON_FAILURE}, got {on_failure!r}: 'nan' "
+            "returns NaN (default), 'raise' raises SolverError, 'last' returns the last "
+            "iterate."
+        )
+
+
+def implicit_solve(kind, where, fun, y0, args, solver, linear_solver, on_failure, full_output):
+    """Shared body of :func:`root`, :func:`fixed_point` and :func:`argmin`."""
+    check_options(where, full_output, on_failure)
+    problem, y0_flat, params = prepare(kind, where, fun, y0, args)
+    solver = resolve_solver(solver, kind, problem.n, where)
+    linear_solver = resolve_linear_solver(linear_solver, problem.n, problem.symmetric, where)
+    core = build_core(problem, solver, linear_solver, on_failure)
+    y_flat, info = core(y0_flat, params)
+    finish(where, solver, info, on_failure)
+    y = problem.unravel(y_flat)
+    return (y, info) if full_output else y
+
+
+def root(
+    fun,
+    y0,
+    *args,
+    solver=None,
+    full_output=False,
+    linear_solver=None,
+    on_failure="nan",
+):
+    """Solve ``fun(y, *args) = 0`` for ``y``, differentiable in ``args`` by the IFT.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(y, *args)`` returning a pytree with the structure, shapes and dtypes of
+        ``y0``. It may close over traced values; derivatives reach them too.
+    y0 : pytree of float arrays
+        Starting point. No derivative flows to it.
+    *args : pytrees of arrays
+        Parameters; the result is differentiable with respect to them.
+    solver : Solver or callable, optional
+        Forward solver: :class:`~mcmc_customgrad.solvers.Newton` (default),
+        :class:`~mcmc_customgrad.solvers.Chandrupatla`, a host solver, or any callable
+        ``solver(fun, y0, *args) -> y`` (see :class:`~mcmc_customgrad.solvers.Custom`).
+    full_output : bool
+        If True return ``(y, info)`` with :class:`~mcmc_customgrad.SolverInfo`.
+    linear_solver : LinearSolver, optional
+        Tangent solve (:mod:`mcmc_customgrad.linear`); dense LU by default for up to
+        1000 unknowns, GMRES above.
+    on_failure : {"nan", "raise", "last"}
+        When the solve misses its tolerance: NaN values (default; never raises inside
+        ``jit``/``vmap``), raise :class:`~mcmc_customgrad.SolverError` (for debugging),
+        or return the last iterate.
+
+    Returns
+    -------
+    y : pytree, or (y, SolverInfo) when ``full_output`` is True.
+
+    Examples
+    --------
+    Kepler's equation ``E - e sin E = M`` and its derivative ``1 / (1 - e cos E)``:
+
+    >>> import jax, jax.numpy as jnp
+    >>> import mcmc_customgrad as mcg
+    >>> kepler = lambda E, M, e: E - e * jnp.sin(E) - M
+    >>> E = mcg.root(kepler, jnp.array(1.0), 1.0, 0.5)
+    >>> dE = jax.grad(lambda M: mcg.root(kepler, jnp.array(1.0), M, 0.5))(1.0)
+    >>> bool(jnp.isclose(dE, 1 / (1 - 0.5 * jnp.cos(E))))
+    True
+    """
+    return implicit_solve(
+        "root",
+        "mcmc_customgrad.root",
+        fun,
+        y0,
+        args,
+        solver,
+        linear_solver,
+        on_failure,
+        full_output,
+    )
