@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from .linear import resolve_linear_solver
-from .root import build_core, check_options, finish, prepare, zero_tangent
-from .solvers import resolve_solver
+from .root import build_core, finish, resolve, zero_tangent
 
 __all__ = ["min_value"]
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_value(problem, solver, linear_solver, on_failure):
+    argmin_core = build_core(problem, solver, linear_solver, on_failure)
+
+    def value_at(y, info, params):
+        v = problem.objective(y, params)
+        return v if on_failure == "last" else jnp.where(info.converged, v, jnp.nan)
+
+    @jax.custom_jvp
+    def value(y0, params):
+        y, info = argmin_core(y0, params)
+        return value_at(y, info, params), info
+
+    # Envelope theorem. v(θ) = f(y*(θ), θ) with ∂_y f(y*, θ) = 0, so
+    #     v̇ = ∂_y f · ẏ* + ∂_θ f · θ̇ = ∂_θ f(y*, θ) · θ̇ :
+    # a JVP of f in θ at fixed y*, with no linear solve and no ẏ*. The rule obtains y*
+    # from `argmin_core`, whose own custom_jvp (the IFT rule) supplies ẏ* whenever the
+    # rule itself is differentiated; the second derivative is then
+    #     v̈ = ∂²_θθ f + ∂²_θy f · dy*/dθ,
+    # the full Hessian (rule 3: the envelope theorem alone is first-order only). The
+    # primal is computed here from the same y* rather than by calling `value` again, so
+    # that value_and_grad runs the inner solve once. Where the solve failed the JVP is
+    # taken at y0 and zeroed, so no NaN reaches other elements' cotangents.
+    @value.defjvp
+    def value_jvp(primals, tangents):
+        y0, params = primals
+        _, params_dot = tangents
+        y, info = argmin_core(y0, params)
+        ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
+        y_lin = jnp.where(ok, y, y0)
+        v, v_dot = jax.jvp(lambda p: problem.objective(y_lin, p), (params,), (params_dot,))
+        v = v if on_failure == "last" else jnp.where(ok, v, jnp.nan)
+        return (v, info), (jnp.where(ok, v_dot, 0.0), jax.tree.map(zero_tangent, info))
+
+    return jax.jit(value)
 
 
 def min_value(fun, y0, *args, solver=None, full_output=False, linear_solver=None, on_failure="nan"):
@@ -55,42 +92,10 @@ def min_value(fun, y0, *args, solver=None, full_output=False, linear_solver=None
     0.5604908
     """
     where = "mcmc_customgrad.min_value"
-    check_options(where, full_output, on_failure)
-    problem, y0_flat, params = prepare("argmin", where, fun, y0, args)
-    solver = resolve_solver(solver, "argmin", problem.n, where)
-    linear_solver = resolve_linear_solver(linear_solver, problem.n, True, where)
-    argmin_core = build_core(problem, solver, linear_solver, on_failure)
-
-    def value_at(y, info, params):
-        v = problem.objective(y, params)
-        return v if on_failure == "last" else jnp.where(info.converged, v, jnp.nan)
-
-    @jax.custom_jvp
-    def value(y0, params):
-        y, info = argmin_core(y0, params)
-        return value_at(y, info, params), info
-
-    # Envelope theorem. v(θ) = f(y*(θ), θ) with ∂_y f(y*, θ) = 0, so
-    #     v̇ = ∂_y f · ẏ* + ∂_θ f · θ̇ = ∂_θ f(y*, θ) · θ̇ :
-    # a JVP of f in θ at fixed y*, with no linear solve and no ẏ*. The rule obtains y*
-    # from `argmin_core`, whose own custom_jvp (the IFT rule) supplies ẏ* whenever the
-    # rule itself is differentiated; the second derivative is then
-    #     v̈ = ∂²_θθ f + ∂²_θy f · dy*/dθ,
-    # the full Hessian (rule 3: the envelope theorem alone is first-order only). The
-    # primal is computed here from the same y* rather than by calling `value` again, so
-    # that value_and_grad runs the inner solve once. Where the solve failed the JVP is
-    # taken at y0 and zeroed, so no NaN reaches other elements' cotangents.
-    @value.defjvp
-    def value_jvp(primals, tangents):
-        y0, params = primals
-        _, params_dot = tangents
-        y, info = argmin_core(y0, params)
-        ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
-        y_lin = jnp.where(ok, y, y0)
-        v, v_dot = jax.jvp(lambda p: problem.objective(y_lin, p), (params,), (params_dot,))
-        v = v if on_failure == "last" else jnp.where(ok, v, jnp.nan)
-        return (v, info), (jnp.where(ok, v_dot, 0.0), jax.tree.map(zero_tangent, info))
-
+    problem, solver, linear_solver, y0_flat, params = resolve(
+        "argmin", where, fun, y0, args, solver, linear_solver, full_output, on_failure
+    )
+    value = _compiled_value(problem, solver, linear_solver, on_failure)
     v, info = value(y0_flat, params)
     finish(where, solver, info, on_failure)
     return (v, info) if full_output else v

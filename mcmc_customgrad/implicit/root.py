@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import jax
@@ -17,9 +18,12 @@ from ._base import KINDS, Problem, SolverError, SolverInfo
 from .linear import resolve_linear_solver
 from .solvers import resolve_solver
 
-__all__ = ["root", "prepare", "build_core", "finish"]
+__all__ = ["root", "prepare", "cached_problem", "build_core", "finish", "resolve"]
 
 ON_FAILURE = ("nan", "raise", "last")
+
+# jax.typeof (JAX >= 0.4.36) replaced jax.core.get_aval (removed in 0.10).
+_typeof = getattr(jax, "typeof", None) or jax.core.get_aval
 
 
 # --------------------------------------------------------------------------- validation
@@ -107,11 +111,12 @@ def _check_output(kind: str, out, y0, where: str) -> None:
 
 
 def prepare(kind: str, where: str, fun, y0, args):
-    """Validate the user's call and build the flat :class:`Problem`.
+    """Validate the user's call and closure-convert ``fun``.
 
-    Returns ``(problem, y0_flat, params)`` where ``params = (args, consts)`` holds the
+    Returns ``(converted, key, y0_flat, params)``: ``params = (args, consts)`` holds the
     explicit arguments and the traced values ``fun`` closes over (closure conversion,
-    rule 4 of the design: derivatives must reach both).
+    rule 4 of the design: derivatives must reach both), and ``key`` identifies the
+    problem's static structure for :func:`cached_problem`.
     """
     assert kind in KINDS
     if not callable(fun):
@@ -123,10 +128,28 @@ def prepare(kind: str, where: str, fun, y0, args):
     except Exception as err:
         err.add_note(f"(raised while {where} traced fun(y0, *args) to check it)")
         raise
+    params = (args, tuple(consts))
+    avals = tuple(_typeof(x) for x in jax.tree.leaves((y0, params)))
+    key = (kind, where, converted, jax.tree.structure((y0, params)), avals)
+    return key, ravel_pytree(y0)[0], y0, params
+
+
+@functools.lru_cache(maxsize=256)
+def cached_problem(kind, where, converted, structure, avals):
+    """Build (once per static structure) the flat :class:`Problem` for a converted ``fun``.
+
+    Caching on the converted function (stable when the user passes the same ``fun``
+    object: :func:`jax.closure_convert` caches on it too) and on the input avals lets
+    repeated eager calls reuse one compiled solve instead of recompiling while-loops.
+    """
+    y0, params = jax.tree.unflatten(
+        structure, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+    )
+    args, consts = params
     out = jax.eval_shape(converted, y0, *args, *consts)
     _check_output(kind, out, y0, where)
-
-    y0_flat, unravel = ravel_pytree(y0)
+    flat, unravel = ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), y0))
+    n, dtype = int(flat.size), flat.dtype
 
     def user_fun(y_tree, params):
         a, c = params
@@ -141,15 +164,7 @@ def prepare(kind: str, where: str, fun, y0, args):
         def fn(y, params):
             return ravel_pytree(user_fun(unravel(y), params))[0]
 
-    problem = Problem(
-        kind=kind,
-        fn=fn,
-        unravel=unravel,
-        user_fun=user_fun,
-        n=int(y0_flat.size),
-        dtype=y0_flat.dtype,
-    )
-    return problem, y0_flat, (args, tuple(consts))
+    return Problem(kind=kind, fn=fn, unravel=unravel, user_fun=user_fun, n=n, dtype=dtype)
 
 
 def zero_tangent(x):
@@ -261,13 +276,27 @@ def check_options(where: str, full_output, on_failure) -> None:
         )
 
 
-def implicit_solve(kind, where, fun, y0, args, solver, linear_solver, on_failure, full_output):
-    """Shared body of :func:`root`, :func:`fixed_point` and :func:`argmin`."""
+@functools.lru_cache(maxsize=256)
+def _compiled_core(problem, solver, linear_solver, on_failure):
+    return jax.jit(build_core(problem, solver, linear_solver, on_failure))
+
+
+def resolve(kind, where, fun, y0, args, solver, linear_solver, full_output, on_failure):
+    """Validate everything and return ``(problem, solver, linear_solver, y0_flat, params)``."""
     check_options(where, full_output, on_failure)
-    problem, y0_flat, params = prepare(kind, where, fun, y0, args)
+    key, y0_flat, _, params = prepare(kind, where, fun, y0, args)
+    problem = cached_problem(*key)
     solver = resolve_solver(solver, kind, problem.n, where)
     linear_solver = resolve_linear_solver(linear_solver, problem.n, problem.symmetric, where)
-    core = build_core(problem, solver, linear_solver, on_failure)
+    return problem, solver, linear_solver, y0_flat, params
+
+
+def implicit_solve(kind, where, fun, y0, args, solver, linear_solver, on_failure, full_output):
+    """Shared body of :func:`root`, :func:`fixed_point` and :func:`argmin`."""
+    problem, solver, linear_solver, y0_flat, params = resolve(
+        kind, where, fun, y0, args, solver, linear_solver, full_output, on_failure
+    )
+    core = _compiled_core(problem, solver, linear_solver, on_failure)
     y_flat, info = core(y0_flat, params)
     finish(where, solver, info, on_failure)
     y = problem.unravel(y_flat)
