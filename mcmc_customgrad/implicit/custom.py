@@ -76,15 +76,16 @@ class Custom(Solver):
 
     Examples
     --------
-    The seed-000 recipe, BFGS from ``jax.scipy`` (note: it ignores ``tol=``; set
-    ``gtol`` in ``options``):
+    The seed-000 recipe, BFGS from ``jax.scipy``. It ignores ``tol=`` (set ``gtol`` in
+    ``options``), and near rounding level its line search reports failure although the
+    point is a minimiser to tolerance, so return ``res.x`` alone and let the residual
+    check judge:
 
     >>> import jax, jax.numpy as jnp
     >>> from jax.scipy.optimize import minimize
     >>> import mcmc_customgrad as mcg
     >>> def scipy_bfgs(g, y0, x):
-    ...     res = minimize(lambda y: g(y, x), y0, method="BFGS", options={"gtol": 1e-12})
-    ...     return res.x, res.success
+    ...     return minimize(lambda y: g(y, x), y0, method="BFGS", options={"gtol": 1e-12}).x
     >>> g = lambda y, x: jnp.sum(jnp.abs(y) ** 3 / 3 - x * y)
     >>> f = lambda x: -mcg.min_value(g, jnp.zeros(1), x, solver=scipy_bfgs)
     >>> round(float(jax.grad(f)(jnp.array([0.31415]))[0]), 7)

@@ -238,18 +238,16 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
 
 
 def _raise_if_failed(where, solver_repr, converged, residual_norm, num_steps):
-    converged = np.asarray(converged)
-    if converged.all():
+    # Called with concrete values: eagerly, or from a host callback (once per element
+    # under vmap).
+    if bool(np.all(converged)):
         return
-    bad = np.flatnonzero(~converged.reshape(-1))
-    res = np.asarray(residual_norm).reshape(-1)[bad]
-    steps = np.asarray(num_steps).reshape(-1)[bad]
-    batch = "" if converged.ndim == 0 else f" ({bad.size} of {converged.size} batch elements)"
     raise SolverError(
-        f"{where} did not converge{batch}: residual norm {res[0]:.3e} after {steps[0]} "
-        f"steps of {solver_repr}. Try a start y0 nearer the solution, a larger max_steps, "
-        "a looser rtol/atol, or another solver; on_failure='nan' (the default) returns NaN "
-        "instead so that a sampler rejects the proposal."
+        f"{where} did not converge: residual norm {float(np.max(residual_norm)):.3e} after "
+        f"{int(np.max(num_steps))} steps of {solver_repr}. Try a start y0 nearer the "
+        "solution, a larger max_steps, a looser rtol/atol, or another solver; "
+        "on_failure='nan' (the default) returns NaN instead so that a sampler rejects "
+        "the proposal."
     )
 
 
@@ -335,7 +333,9 @@ def root(
     on_failure : {"nan", "raise", "last"}
         When the solve misses its tolerance: NaN values (default; never raises inside
         ``jit``/``vmap``), raise :class:`~mcmc_customgrad.SolverError` (for debugging),
-        or return the last iterate.
+        or return the last iterate. A failed solve's derivative is zero (its value is
+        NaN), so ``where(info.converged, y, fill)`` gives clean gradients and one failed
+        element under ``vmap`` cannot poison the others.
 
     Returns
     -------

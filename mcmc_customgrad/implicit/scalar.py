@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._base import (
@@ -20,6 +22,10 @@ from ._base import (
 __all__ = ["Chandrupatla"]
 
 _MAX_EXPANSIONS = 60
+
+
+def _freeze(v):
+    return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,16 +76,22 @@ class Chandrupatla(Solver):
         validate_tolerance(self.atol, "atol", "Chandrupatla")
         validate_positive_int(self.max_steps, "max_steps", "Chandrupatla")
         b = self.bracket
-        if b is not None and not callable(b) and not (isinstance(b, tuple) and len(b) == 2):
+        if b is None or callable(b):
+            return
+        if not (isinstance(b, tuple | list) and len(b) == 2):
             raise ValueError(
                 "Chandrupatla: bracket must be None, a (lower, upper) tuple or a callable "
                 f"bracket(y0, *args) -> (lower, upper); got {b!r}."
             )
-
-    def __hash__(self):
-        b = self.bracket
-        key = b if callable(b) or b is None else tuple(map(repr, b))
-        return hash((key, self.rtol, self.atol, self.max_steps))
+        try:
+            # Static numbers, stored as nested tuples so the config stays hashable.
+            frozen = tuple(_freeze(np.asarray(v, dtype=float).tolist()) for v in b)
+        except (TypeError, jax.errors.ConcretizationTypeError) as err:
+            raise ValueError(
+                "Chandrupatla: a tuple bracket must hold static numbers; for bounds that "
+                "depend on the arguments pass a callable bracket(y0, *args)."
+            ) from err
+        object.__setattr__(self, "bracket", frozen)
 
     def run(self, problem: Problem, y0, params) -> SolverResult:
         """Bracket and solve every element of ``y`` from ``y0``."""
