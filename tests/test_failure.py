@@ -37,7 +37,7 @@ def test_capped_solver_gives_nan_and_not_converged(call):
 
 
 def test_converged_solve_reports_info():
-    y, info = mcg.root(kepler, jnp.array(0.0), 2.0, 0.9, full_output=True)
+    _y, info = mcg.root(kepler, jnp.array(0.0), 2.0, 0.9, full_output=True)
     assert bool(info.converged)
     assert 0 < int(info.num_steps) < 100
     assert float(info.residual_norm) <= 1e-10 * 2.5

@@ -20,7 +20,9 @@ def ridge(b, lam):
 
 
 def affine(y, s):
-    return s * jnp.tanh(jnp.array([[0.2, -0.1, 0.05], [0.1, 0.3, -0.2], [0.0, 0.1, 0.25]]) @ y) + jnp.arange(3.0)
+    return s * jnp.tanh(
+        jnp.array([[0.2, -0.1, 0.05], [0.1, 0.3, -0.2], [0.0, 0.1, 0.25]]) @ y
+    ) + jnp.arange(3.0)
 
 
 SYMMETRIC = [mcg.linear.Dense(), mcg.linear.Dense("cholesky"), mcg.linear.CG(), mcg.linear.GMRES()]
@@ -32,7 +34,9 @@ def test_argmin_tangents_agree(linear):
     def solve(lam):
         return mcg.argmin(ridge, jnp.zeros(3), lam, linear_solver=linear)
 
-    reference = jax.jacfwd(lambda lam: mcg.argmin(ridge, jnp.zeros(3), lam, linear_solver=mcg.linear.Dense()))(0.7)
+    reference = jax.jacfwd(
+        lambda lam: mcg.argmin(ridge, jnp.zeros(3), lam, linear_solver=mcg.linear.Dense())
+    )(0.7)
     np.testing.assert_allclose(jax.jacfwd(solve)(0.7), reference, rtol=1e-8)
     np.testing.assert_allclose(jax.jacrev(solve)(0.7), reference, rtol=1e-8)
 
@@ -42,7 +46,9 @@ def test_fixed_point_tangents_agree(linear):
     def solve(s):
         return mcg.fixed_point(affine, jnp.zeros(3), s, linear_solver=linear)
 
-    reference = jax.jacfwd(lambda s: mcg.fixed_point(affine, jnp.zeros(3), s, linear_solver=mcg.linear.Dense()))(1.3)
+    reference = jax.jacfwd(
+        lambda s: mcg.fixed_point(affine, jnp.zeros(3), s, linear_solver=mcg.linear.Dense())
+    )(1.3)
     np.testing.assert_allclose(jax.jacfwd(solve)(1.3), reference, rtol=1e-8)
     np.testing.assert_allclose(jax.jacrev(solve)(1.3), reference, rtol=1e-8)
 
@@ -71,7 +77,9 @@ def test_iterative_tangent_failure_is_nan_not_zero():
     capped = mcg.linear.CG(max_steps=2)
     g = jax.grad(lambda a: jnp.sum(mcg.argmin(f, jnp.zeros(30), a, linear_solver=capped)))(a)
     assert np.all(np.isnan(g))
-    g_ok = jax.grad(lambda a: jnp.sum(mcg.argmin(f, jnp.zeros(30), a, linear_solver=mcg.linear.CG())))(a)
+    g_ok = jax.grad(
+        lambda a: jnp.sum(mcg.argmin(f, jnp.zeros(30), a, linear_solver=mcg.linear.CG()))
+    )(a)
     assert np.all(np.isfinite(g_ok))
 
 
@@ -128,7 +136,9 @@ def test_min_value_hessian_includes_the_argmin_term():
     a = jnp.array([0.4, -0.9])
     H = jax.hessian(v)(a)
     eps = 1e-5
-    fd = jnp.stack([(jax.grad(v)(a + eps * e) - jax.grad(v)(a - eps * e)) / (2 * eps) for e in jnp.eye(2)])
+    fd = jnp.stack(
+        [(jax.grad(v)(a + eps * e) - jax.grad(v)(a - eps * e)) / (2 * eps) for e in jnp.eye(2)]
+    )
     np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-8)
     # The partial second derivative alone (what a first-order-only rule would give) differs.
     y = mcg.argmin(f, jnp.zeros(2), a)

@@ -43,7 +43,7 @@ def test_minimisers_on_the_conjugate(solver):
 
 def test_newton_handles_the_singular_seed_start():
     # |y|^3/3 - x y has zero Hessian at y0 = 0: plain Newton stalls there.
-    y, info = mcg.argmin(
+    _y, info = mcg.argmin(
         G3, jnp.zeros(1), jnp.array([0.31415]), solver=mcg.solvers.Newton(), full_output=True
     )
     assert bool(info.converged) and int(info.num_steps) < 20

@@ -74,6 +74,19 @@ class Newton(Solver):
         return _newton_root(problem, y0, params, rtol, atol, self.max_steps)
 
 
+def _drop_nonfinite_curvature(h):
+    # Rows/columns of the Hessian that are not finite (|y|^p with p < 2 at y = 0, where
+    # the curvature is infinite) carry no usable information: zero them, so that only
+    # the damping acts there. Newton stays quadratic in the other coordinates.
+    bad = ~jnp.all(jnp.isfinite(h), axis=1)
+    return jnp.where(bad[:, None] | bad[None, :], 0.0, h)
+
+
+def _finite_norm(a):
+    norm = jnp.linalg.norm(a)
+    return jnp.where(jnp.isfinite(norm), norm, 0.0)
+
+
 def _lam_update(lam, alpha):
     return jnp.clip(jnp.where(alpha == 1.0, 0.25 * lam, 4.0 * lam), 1e-6, 1e6)
 
@@ -99,19 +112,24 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
 
     def body(state):
         y, fy, g, lam, k, _ = state
-        h = hessian(y)
+        h = _drop_nonfinite_curvature(hessian(y))
         mu = lam * jnp.linalg.norm(g)
         chol = jnp.linalg.cholesky(h + mu * eye)
         p = -jax.scipy.linalg.cho_solve((chol, True), g)
         slope = jnp.vdot(g, p)
         newton_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
-        # Indefinite or broken Hessian: a gradient step scaled by the curvature bound.
-        p_grad = -g / (jnp.linalg.norm(h) + mu + jnp.finfo(y.dtype).tiny)
+        # Indefinite or broken Hessian: a gradient step scaled by the curvature bound
+        # (none where the Hessian is not finite, as for |y|^1.5 at 0).
+        p_grad = -g / (_finite_norm(h) + mu + jnp.finfo(y.dtype).tiny)
         p = jnp.where(newton_ok, p, p_grad)
         slope = jnp.where(newton_ok, slope, jnp.vdot(g, p_grad))
-        alpha, _, accepted = backtrack(f, y, fy, p, slope)
+        gnorm = jnp.linalg.norm(g)
+        alpha, f_new, g_new, accepted = backtrack(
+            value_and_grad, y, fy, p, slope, prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm
+        )
         y_new = jnp.where(accepted, y + alpha * p, y)
-        f_new, g_new = value_and_grad(y_new)
+        f_new = jnp.where(accepted, f_new, fy)
+        g_new = jnp.where(accepted, g_new, g)
         small = accepted & newton_ok & (alpha == 1.0) & (mu <= 1e-3 * jnp.linalg.norm(h))
         small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
         return y_new, f_new, g_new, _lam_update(lam, alpha), k + 1, small
@@ -129,7 +147,7 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
 
     def merit(y):
         r = F(y)
-        return 0.5 * jnp.vdot(r, r)
+        return 0.5 * jnp.vdot(r, r), r
 
     jacobian = jax.jacfwd(F)
     n = y0.shape[0]
@@ -148,7 +166,7 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
 
     def body(state):
         y, r, lam, k, _ = state
-        j = jacobian(y)
+        j = jnp.where(jnp.isfinite(j := jacobian(y)), j, 0.0)
         mu = lam * jnp.linalg.norm(r)
         # Damped least squares [J; sqrt(mu) I] p = [-r; 0] by QR.
         q, rr = jnp.linalg.qr(jnp.concatenate([j, jnp.sqrt(mu) * eye]))
@@ -156,12 +174,12 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
         grad_merit = j.T @ r
         slope = jnp.vdot(grad_merit, p)
         newton_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
-        p_grad = -grad_merit / (jnp.linalg.norm(j) ** 2 + mu + jnp.finfo(y.dtype).tiny)
+        p_grad = -grad_merit / (_finite_norm(j) ** 2 + mu + jnp.finfo(y.dtype).tiny)
         p = jnp.where(newton_ok, p, p_grad)
         slope = jnp.where(newton_ok, slope, jnp.vdot(grad_merit, p_grad))
-        alpha, _, accepted = backtrack(merit, y, 0.5 * jnp.vdot(r, r), p, slope)
+        alpha, _, r_new, accepted = backtrack(merit, y, 0.5 * jnp.vdot(r, r), p, slope)
         y_new = jnp.where(accepted, y + alpha * p, y)
-        r_new = F(y_new)
+        r_new = jnp.where(accepted, r_new, r)
         small = accepted & newton_ok & (alpha == 1.0) & (mu <= 1e-3 * jnp.linalg.norm(j))
         small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
         return y_new, r_new, _lam_update(lam, alpha), k + 1, small

@@ -100,9 +100,9 @@ class BFGS(Solver):
             hinv = jnp.where(descent, hinv, _initial_scale(g) * eye)
             p = jnp.where(descent, p, -hinv @ g)
             slope = jnp.where(descent, slope, jnp.vdot(g, p))
-            alpha, _, accepted = backtrack(f, y, fy, p, slope)
+            alpha, f_new, g_new, accepted = backtrack(value_and_grad, y, fy, p, slope)
             y_new = jnp.where(accepted, y + alpha * p, y)
-            f_new, g_new = value_and_grad(y_new)
+            f_new, g_new = jnp.where(accepted, f_new, fy), jnp.where(accepted, g_new, g)
             s, yv = y_new - y, g_new - g
             good, sy = _curvature_ok(s, yv)
             rho = jnp.where(good, 1.0 / jnp.where(good, sy, 1.0), 0.0)
@@ -207,9 +207,9 @@ class LBFGS(Solver):
             p = jnp.where(descent, p, p_restart)
             slope = jnp.where(descent, slope, jnp.vdot(g, p_restart))
             count = jnp.where(descent, count, 0)
-            alpha, _, accepted = backtrack(f, y, fy, p, slope)
+            alpha, f_new, g_new, accepted = backtrack(value_and_grad, y, fy, p, slope)
             y_new = jnp.where(accepted, y + alpha * p, y)
-            f_new, g_new = value_and_grad(y_new)
+            f_new, g_new = jnp.where(accepted, f_new, fy), jnp.where(accepted, g_new, g)
             s, yv = y_new - y, g_new - g
             good, sy = _curvature_ok(s, yv)
             s_hist = jnp.where(good, s_hist.at[head].set(s), s_hist)
