@@ -126,21 +126,19 @@ def test_min_value_first_order_needs_no_linear_solve():
 
 
 def test_min_value_hessian_includes_the_argmin_term():
-    # v(a) = min_y (y - a)^2/2 + y^4/4 - a^3 y ; the envelope shortcut would miss
-    # d^2 f / da dy * dy*/da in the Hessian. Compare with a closed-form-free check:
-    # the finite-difference derivative of the (envelope) gradient.
+    # f(y, a) = (y - a)^2/2 + y^4/4 - a^3 y. Optimality: (y - a)(1 + y^2 + a y + a^2) = 0,
+    # so y* = a and v(a) = -3 a^4 / 4 per coordinate: v'' = -9 a^2. The partial second
+    # derivative at fixed y* (all a first-order-only envelope rule could give) is
+    # 1 - 6 a y* = 1 - 6 a^2: wrong.
     def f(y, a):
         return jnp.sum(0.5 * (y - a) ** 2 + 0.25 * y**4 - a**3 * y)
 
     v = lambda a: mcg.min_value(f, jnp.zeros(2), a)  # noqa: E731
     a = jnp.array([0.4, -0.9])
+    np.testing.assert_allclose(v(a), jnp.sum(-0.75 * a**4), rtol=1e-10)
+    np.testing.assert_allclose(jax.grad(v)(a), -3 * a**3, rtol=1e-8)
     H = jax.hessian(v)(a)
-    eps = 1e-5
-    fd = jnp.stack(
-        [(jax.grad(v)(a + eps * e) - jax.grad(v)(a - eps * e)) / (2 * eps) for e in jnp.eye(2)]
-    )
-    np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-8)
-    # The partial second derivative alone (what a first-order-only rule would give) differs.
+    np.testing.assert_allclose(H, jnp.diag(-9 * a**2), rtol=1e-7, atol=1e-12)
     y = mcg.argmin(f, jnp.zeros(2), a)
     partial_only = jax.hessian(lambda a: f(y, a))(a)
-    assert not np.allclose(H, partial_only, rtol=1e-3)
+    np.testing.assert_allclose(partial_only, jnp.diag(1 - 6 * a**2), rtol=1e-7, atol=1e-12)

@@ -152,13 +152,14 @@ def test_anderson_accelerates_a_slow_contraction():
 
 
 def test_defaults_switch_with_size():
-    assert mcg.solvers.default_solver("argmin", 500) == mcg.solvers.Newton()
-    assert mcg.solvers.default_solver("argmin", 501) == mcg.solvers.LBFGS()
+    assert mcg.solvers.default_solver("argmin", 1) == mcg.solvers.LBFGS()
+    assert mcg.solvers.default_solver("argmin", 10_000) == mcg.solvers.LBFGS()
+    assert mcg.solvers.default_solver("fixed_point", 500) == mcg.solvers.Newton()
     assert mcg.solvers.default_solver("fixed_point", 501) == mcg.solvers.Anderson()
     assert mcg.solvers.default_solver("root", 10_000) == mcg.solvers.Newton()
 
 
-def test_large_default_minimisation_uses_lbfgs_and_cg():
+def test_large_default_minimisation_lbfgs_and_cg():
     n = 600
     d = jnp.linspace(1.0, 3.0, n)
 

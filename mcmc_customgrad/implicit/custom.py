@@ -88,8 +88,8 @@ class Custom(Solver):
     ...     return minimize(lambda y: g(y, x), y0, method="BFGS", options={"gtol": 1e-12}).x
     >>> g = lambda y, x: jnp.sum(jnp.abs(y) ** 3 / 3 - x * y)
     >>> f = lambda x: -mcg.min_value(g, jnp.zeros(1), x, solver=scipy_bfgs)
-    >>> round(float(jax.grad(f)(jnp.array([0.31415]))[0]), 7)
-    0.5604908
+    >>> round(float(jax.grad(f)(jnp.array([0.31415]))[0]), 6)
+    0.560491
     """
 
     fn: Callable

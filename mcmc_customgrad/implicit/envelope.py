@@ -88,8 +88,8 @@ def min_value(fun, y0, *args, solver=None, full_output=False, linear_solver=None
     >>> import mcmc_customgrad as mcg
     >>> g = lambda y, x: jnp.sum(jnp.abs(y) ** 3 / 3 - x * y)
     >>> f = lambda x: -mcg.min_value(g, jnp.zeros(1), x)
-    >>> round(float(jax.grad(f)(jnp.array([0.31415]))[0]), 7)
-    0.5604908
+    >>> round(float(jax.grad(f)(jnp.array([0.31415]))[0]), 6)
+    0.560491
     """
     where = "mcmc_customgrad.min_value"
     problem, solver, linear_solver, y0_flat, params = resolve(

@@ -109,8 +109,14 @@ class BFGS(Solver):
             # Nocedal & Wright's first-step rescaling of H0 before the first update.
             gamma = jnp.where(good, sy / jnp.vdot(yv, yv), 1.0)
             hinv = jnp.where((k == 0) & good, gamma * eye, hinv)
-            v = eye - rho * jnp.outer(s, yv)
-            hinv_new = v @ hinv @ v.T + rho * jnp.outer(s, s)
+            # H+ = (I - rho s y')H(I - rho y s') + rho s s', expanded to O(n^2):
+            # H+ = H - rho (s (Hy)' + (Hy) s') + (rho^2 y'Hy + rho) s s'.
+            hy = hinv @ yv
+            hinv_new = (
+                hinv
+                - rho * (jnp.outer(s, hy) + jnp.outer(hy, s))
+                + (rho**2 * jnp.vdot(yv, hy) + rho) * jnp.outer(s, s)
+            )
             hinv = jnp.where(good, hinv_new, hinv)
             return y_new, f_new, g_new, hinv, k + 1
 
@@ -124,7 +130,7 @@ class BFGS(Solver):
 class LBFGS(Solver):
     """Limited-memory BFGS for large minima; ``O(memory * n)`` per step.
 
-    The default for ``argmin``/``min_value`` above 500 unknowns. Converged when
+    The default for ``argmin``/``min_value``. Converged when
     ``|grad|_inf <= atol + rtol |grad(y0)|_inf``; unlike Blackjax's Laplace marginal it
     never stops silently: running out of ``max_steps`` gives NaN and ``converged=False``.
 

@@ -3,10 +3,11 @@
 =====================  =============================  =====================================
 solver                 problems                        use it for
 =====================  =============================  =====================================
-``Newton``             root, fixed_point, argmin       small dense problems (the default up
-                                                       to 500 unknowns; always for roots)
-``BFGS``               argmin                          costly Hessians, moderate size
-``LBFGS``              argmin                          large minima (default above 500)
+``Newton``             root, fixed_point, argmin       roots (default), small fixed points
+                                                       (default up to 500 unknowns), minima
+                                                       with awkward curvature
+``BFGS``               argmin                          moderate size, no Hessian
+``LBFGS``              argmin                          minima (the default)
 ``FixedPointIteration`` fixed_point                    contractions, Newton-type maps
 ``Anderson``           fixed_point                     large fixed points (default above 500)
 ``Chandrupatla``       root, fixed_point (element-     scalar equations with a bracket
@@ -24,7 +25,7 @@ Examples
 >>> import mcmc_customgrad as mcg
 >>> mcg.solvers.Newton(max_steps=50)
 Newton(rtol=None, atol=None, max_steps=50)
->>> mcg.solvers.default_solver("argmin", n=10_000)
+>>> mcg.solvers.default_solver("argmin", n=10)
 LBFGS(rtol=None, atol=None, max_steps=2000, memory=10)
 """
 
@@ -56,15 +57,17 @@ __all__ = [
     "NEWTON_LIMIT",
 ]
 
-#: Up to this many unknowns the default for minima and fixed points is Newton.
+#: Up to this many unknowns the default for fixed points is Newton.
 NEWTON_LIMIT = 500
 
 
 def default_solver(kind: str, n: int) -> Solver:
     """The solver used when ``solver=None``, for a problem of ``kind`` with ``n`` unknowns.
 
-    Newton for roots; for minima and fixed points Newton up to ``NEWTON_LIMIT`` unknowns
-    and L-BFGS or Anderson above (a dense Hessian or Jacobian per step stops paying).
+    Newton for roots; L-BFGS for minima (``O(n)`` per step: on CPU a dense ``n x n``
+    factorisation costs about 30 µs at ``n = 100``, more than L-BFGS's whole step, so it
+    wins from a handful of unknowns up; see ``docs/benchmarks.md``); for fixed points
+    Newton up to ``NEWTON_LIMIT`` unknowns and Anderson above.
 
     Examples
     --------
@@ -72,9 +75,11 @@ def default_solver(kind: str, n: int) -> Solver:
     >>> mcg.solvers.default_solver("root", n=3)
     Newton(rtol=None, atol=None, max_steps=100)
     """
+    if kind == "argmin":
+        return LBFGS()
     if kind == "root" or n <= NEWTON_LIMIT:
         return Newton()
-    return LBFGS() if kind == "argmin" else Anderson()
+    return Anderson()
 
 
 def resolve_solver(solver, kind: str, n: int, where: str) -> Solver:
