@@ -113,10 +113,10 @@ def _check_output(kind: str, out, y0, where: str) -> None:
 def prepare(kind: str, where: str, fun, y0, args):
     """Validate the user's call and closure-convert ``fun``.
 
-    Returns ``(converted, key, y0_flat, params)``: ``params = (args, consts)`` holds the
-    explicit arguments and the traced values ``fun`` closes over (closure conversion,
-    rule 4 of the design: derivatives must reach both), and ``key`` identifies the
-    problem's static structure for :func:`cached_problem`.
+    Returns ``(key, y0_flat, params)``: ``key`` identifies the problem's static
+    structure (the arguments of :func:`cached_problem`), and ``params = (args, consts)``
+    holds the explicit arguments and the traced values ``fun`` closes over (closure
+    conversion, rule 4 of the design: derivatives must reach both).
     """
     assert kind in KINDS
     if not callable(fun):
@@ -131,7 +131,7 @@ def prepare(kind: str, where: str, fun, y0, args):
     params = (args, tuple(consts))
     avals = tuple(_typeof(x) for x in jax.tree.leaves((y0, params)))
     key = (kind, where, converted, jax.tree.structure((y0, params)), avals)
-    return key, ravel_pytree(y0)[0], y0, params
+    return key, ravel_pytree(y0)[0], params
 
 
 @functools.lru_cache(maxsize=256)
@@ -282,7 +282,7 @@ def _compiled_core(problem, solver, linear_solver, on_failure):
 def resolve(kind, where, fun, y0, args, solver, linear_solver, full_output, on_failure):
     """Validate everything and return ``(problem, solver, linear_solver, y0_flat, params)``."""
     check_options(where, full_output, on_failure)
-    key, y0_flat, _, params = prepare(kind, where, fun, y0, args)
+    key, y0_flat, params = prepare(kind, where, fun, y0, args)
     problem = cached_problem(*key)
     solver = resolve_solver(solver, kind, problem.n, where)
     linear_solver = resolve_linear_solver(linear_solver, problem.n, problem.symmetric, where)
