@@ -22,7 +22,7 @@ __all__ = ["root", "prepare", "cached_problem", "build_core", "finish", "resolve
 
 ON_FAILURE = ("nan", "raise", "last")
 
-# jax.typeof (JAX >= 0.4.36) replaced jax.core.get_aval (removed in 0.10).
+# jax.typeof replaced jax.core.get_aval (removed in JAX 0.10); keep both spellings working.
 _typeof = getattr(jax, "typeof", None) or jax.core.get_aval
 
 
