@@ -144,3 +144,39 @@ def test_nonfinite_objective_is_a_failure_not_a_crash():
     f = lambda y, a: jnp.sum(jnp.log(y - a) ** 2)  # noqa: E731  NaN left of a
     y, info = mcg.argmin(f, jnp.zeros(1), jnp.array([1.0]), full_output=True)
     assert not bool(info.converged) and np.all(np.isnan(y))
+
+
+def test_far_start_does_not_loosen_the_tolerance():
+    # Regression: a tolerance relative to |F(y0)| accepted y = 6 for exp(y) = 1 from
+    # y0 = 30 (|F(y0)| = 1e13) and reported convergence.
+    y, info = mcg.root(lambda y, a: jnp.exp(y) - a, jnp.array(30.0), 1.0, full_output=True)
+    assert bool(info.converged) and abs(float(y)) < 1e-10
+    for solver in (mcg.solvers.LBFGS(), mcg.solvers.BFGS(), mcg.solvers.Newton()):
+        y = mcg.argmin(lambda y, a: jnp.cosh(y - a), jnp.array(30.0), 0.0, solver=solver)
+        assert abs(float(y)) < 1e-9, solver
+    np.testing.assert_allclose(
+        jax.grad(lambda a: mcg.root(lambda y, a: jnp.exp(y) - a, jnp.array(30.0), a))(1.0),
+        1.0,
+        rtol=1e-9,
+    )
+
+
+def test_failed_element_with_infinite_parameter_derivative_stays_isolated():
+    # Regression: at the fallback point y0, d F / d a = -s / (2 sqrt(a)) is NaN for
+    # a = -1; in reverse mode a zero cotangent times it gave NaN for the shared `s`.
+    A = jnp.array([4.0, -1.0])
+    G = lambda y, a, s: y - s * jnp.sqrt(a)  # noqa: E731
+
+    def loss(s):
+        ys, info = jax.vmap(lambda a: mcg.root(G, jnp.array(1.0), a, s, full_output=True))(A)
+        return jnp.sum(jnp.where(info.converged, ys, 0.0))
+
+    np.testing.assert_allclose(jax.grad(loss)(1.0), 2.0, rtol=1e-12)
+    np.testing.assert_allclose(jax.jacfwd(loss)(1.0), 2.0, rtol=1e-12)
+
+    def value_loss(s):
+        f = lambda y, a, s: (y - s * jnp.sqrt(a)) ** 2 + y**2  # noqa: E731
+        vs, info = jax.vmap(lambda a: mcg.min_value(f, jnp.array(1.0), a, s, full_output=True))(A)
+        return jnp.sum(jnp.where(info.converged, vs, 0.0))
+
+    assert np.isfinite(jax.grad(value_loss)(1.0))

@@ -287,3 +287,38 @@ def test_integer_args_are_allowed_and_not_differentiated():
 
     x = jnp.array([0.5])
     np.testing.assert_allclose(jax.grad(f)(x, 3), -jnp.sqrt(x), rtol=1e-9)
+
+
+def test_closure_over_batched_data_under_vmap_of_grad():
+    # Regression: jax.closure_convert left batched (and integer) tracers in the closure,
+    # and vmap(grad) over a closure on per-observation data crashed.
+    Ms = jnp.array([0.5, 1.0, 2.0])
+
+    def total(e, closure):
+        if closure:
+            one = lambda M: mcg.root(lambda E, e: kepler(E, M, e), jnp.array(1.0), e)  # noqa: E731
+        else:
+            one = lambda M: mcg.root(kepler, jnp.array(1.0), M, e)  # noqa: E731
+        return jnp.sum(jax.vmap(one)(Ms))
+
+    np.testing.assert_allclose(jax.grad(total)(0.3, True), jax.grad(total)(0.3, False), rtol=1e-12)
+    f = jax.jit(jax.grad(lambda a, n: mcg.root(lambda y, a: y**n - a, jnp.array(1.0), a)))
+    np.testing.assert_allclose(f(8.0, 3), 1 / 12, rtol=1e-10)
+
+
+def test_bound_method_state_is_not_stale():
+    # Regression: the cache keyed on the function object reused a bound method's old
+    # attribute value.
+    class Model:
+        def __init__(self, c):
+            self.c = c
+
+        def residual(self, y, a):
+            return y - a * self.c
+
+    m = Model(2.0)
+    np.testing.assert_allclose(mcg.root(m.residual, jnp.array(0.0), 1.0), 2.0)
+    m.c = 3.0
+    np.testing.assert_allclose(mcg.root(m.residual, jnp.array(0.0), 1.0), 3.0)
+    m.c = jnp.array([1.0, 2.0])
+    np.testing.assert_allclose(mcg.root(m.residual, jnp.zeros(2), 1.0), [1.0, 2.0])

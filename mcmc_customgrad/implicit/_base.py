@@ -23,6 +23,7 @@ __all__ = [
     "SolverError",
     "default_tolerances",
     "converged_within",
+    "residual_scale",
 ]
 
 KINDS = ("root", "fixed_point", "argmin")
@@ -73,8 +74,28 @@ def default_tolerances(dtype) -> tuple[float, float]:
 
 
 def converged_within(residual_norm, scale, rtol, atol):
-    """Residual test shared by every solver: ``|F(y)|_inf <= atol + rtol * |F(y0)|_inf``."""
+    """Residual test shared by every solver: ``|F(y)|_inf <= atol + rtol * scale``.
+
+    ``scale`` comes from :func:`residual_scale` at the current point, never from the
+    start: a tolerance relative to ``|F(y0)|`` would accept a wrong answer whenever the
+    start is far off (``exp(y) - 1`` from ``y0 = 30`` has ``|F(y0)| = 1e13``).
+    """
     return residual_norm <= atol + rtol * scale
+
+
+def residual_scale(kind: str, y, value=None):
+    """Start-independent scale of the optimality residual at ``y``.
+
+    Root: 0, so the test is absolute (``|F(y)| <= atol``; the residual's units are
+    unknown). Fixed point: ``|y|_inf`` (``T(y) - y`` is in units of ``y``). Minimum:
+    ``|f(y)|`` (Stan's relative gradient convention: rounding in the gradient grows with
+    the objective's magnitude).
+    """
+    if kind == "root":
+        return jnp.zeros((), y.dtype)
+    if kind == "fixed_point":
+        return max_norm(y)
+    return jnp.abs(value)
 
 
 def max_norm(x):

@@ -38,7 +38,7 @@ class FixedPointIteration(Solver):
     Parameters
     ----------
     rtol, atol : float, optional
-        Tolerances on ``|T(y) - y|_inf`` (relative to its value at ``y0``).
+        Tolerances: converged when ``|T(y) - y|_inf <= atol + rtol |y|_inf``.
     max_steps : int
         Iterations before giving up.
     damping : float
@@ -72,11 +72,10 @@ class FixedPointIteration(Solver):
             return problem.residual(y, params)
 
         r0 = residual(y0)
-        scale = max_norm(r0)
 
         def cond(state):
-            _, r, k = state
-            going = ~converged_within(max_norm(r), scale, rtol, atol)
+            y, r, k = state
+            going = ~converged_within(max_norm(r), max_norm(y), rtol, atol)
             return (k < self.max_steps) & going & jnp.all(jnp.isfinite(r))
 
         def body(state):
@@ -85,7 +84,7 @@ class FixedPointIteration(Solver):
             return y, residual(y), k + 1
 
         y, r, k = lax.while_loop(cond, body, (y0, r0, 0))
-        ok = converged_within(max_norm(r), scale, rtol, atol)
+        ok = converged_within(max_norm(r), max_norm(y), rtol, atol)
         return SolverResult(y, ok, k, max_norm(r))
 
 
@@ -102,7 +101,7 @@ class Anderson(Solver):
     Parameters
     ----------
     rtol, atol : float, optional
-        Tolerances on ``|T(y) - y|_inf`` (relative to its value at ``y0``).
+        Tolerances: converged when ``|T(y) - y|_inf <= atol + rtol |y|_inf``.
     max_steps : int
         Iterations before giving up.
     memory : int
@@ -144,14 +143,13 @@ class Anderson(Solver):
             return problem.residual(y, params)
 
         r0 = residual(y0)
-        scale = max_norm(r0)
         n = y0.shape[0]
         ys = jnp.zeros((m, n), y0.dtype).at[0].set(y0)
         rs = jnp.zeros((m, n), y0.dtype).at[0].set(r0)
 
         def cond(state):
-            _, _, r, k = state[0], state[1], state[2], state[3]
-            going = ~converged_within(max_norm(r), scale, rtol, atol)
+            ys, _, r, k = state
+            going = ~converged_within(max_norm(r), max_norm(ys[k % m]), rtol, atol)
             return (k < self.max_steps) & going & jnp.all(jnp.isfinite(r))
 
         def body(state):
@@ -174,5 +172,5 @@ class Anderson(Solver):
 
         ys, rs, r, k = lax.while_loop(cond, body, (ys, rs, r0, 0))
         y = ys[k % m]
-        ok = converged_within(max_norm(r), scale, rtol, atol)
+        ok = converged_within(max_norm(r), max_norm(y), rtol, atol)
         return SolverResult(y, ok, k, max_norm(r))

@@ -16,20 +16,22 @@ from ._base import (
     SolverResult,
     converged_within,
     max_norm,
+    residual_scale,
     validate_tolerance,
 )
 
 __all__ = ["Custom", "checked_result"]
 
 
-def checked_result(problem: Problem, y0, params, y, claimed, num_steps, rtol, atol):
+def checked_result(problem: Problem, params, y, claimed, num_steps, rtol, atol):
     """Recompute the optimality residual at ``y`` and decide convergence (rule 6).
 
-    A solver's own claim is necessary but not sufficient: ``y`` must also satisfy
-    ``|F(y)|_inf <= atol + rtol |F(y0)|_inf``.
+    A solver's own claim is necessary but not sufficient: ``y`` must also satisfy the
+    residual test of :func:`~mcmc_customgrad.implicit._base.residual_scale`.
     """
     residual = max_norm(problem.residual(y, params))
-    scale = max_norm(problem.residual(y0, params))
+    value = problem.objective(y, params) if problem.kind == "argmin" else None
+    scale = residual_scale(problem.kind, y, value)
     ok = claimed & converged_within(residual, scale, rtol, atol)
     return SolverResult(y, ok, num_steps, residual)
 
@@ -63,9 +65,10 @@ class Custom(Solver):
     derivative comes from the optimality condition. A plain callable passed as
     ``solver=`` is wrapped in ``Custom`` with default tolerances.
 
-    The result is trusted only if the optimality residual at ``y`` is within
-    ``atol + rtol |F(y0)|_inf`` (and ``info`` does not report a failure); otherwise the
-    solve counts as failed.
+    The result is trusted only if the optimality residual at ``y`` is within tolerance
+    (``|F(y)|_inf <= atol`` for a root, ``atol + rtol |y|_inf`` for a fixed point,
+    ``atol + rtol |f(y)|`` for a minimum) and ``info`` does not report a failure;
+    otherwise the solve counts as failed.
 
     Parameters
     ----------
@@ -132,4 +135,4 @@ class Custom(Solver):
                     f"where y0 has shape {want.shape}."
                 )
         y = ravel_pytree(jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), y_tree, y0_tree))[0]
-        return checked_result(problem, y0, params, y, claimed, steps, rtol, atol)
+        return checked_result(problem, params, y, claimed, steps, rtol, atol)

@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .root import build_core, finish, resolve, zero_tangent
+from .root import build_core, finish, mask_tangents, resolve, zero_tangent
 
 __all__ = ["min_value"]
 
@@ -34,7 +34,8 @@ def _compiled_value(problem, solver, linear_solver, on_failure):
     # the full Hessian (rule 3: the envelope theorem alone is first-order only). The
     # primal is computed here from the same y* rather than by calling `value` again, so
     # that value_and_grad runs the inner solve once. Where the solve failed the JVP is
-    # taken at y0 and zeroed, so no NaN reaches other elements' cotangents.
+    # taken at y0 with the parameter tangents masked first, so no NaN reaches the
+    # cotangents of parameters shared with other elements.
     @value.defjvp
     def value_jvp(primals, tangents):
         y0, params = primals
@@ -42,6 +43,7 @@ def _compiled_value(problem, solver, linear_solver, on_failure):
         y, info = argmin_core(y0, params)
         ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
         y_lin = jnp.where(ok, y, y0)
+        params_dot = mask_tangents(ok, params_dot)
         v, v_dot = jax.jvp(lambda p: problem.objective(y_lin, p), (params,), (params_dot,))
         v = v if on_failure == "last" else jnp.where(ok, v, jnp.nan)
         return (v, info), (jnp.where(ok, v_dot, 0.0), jax.tree.map(zero_tangent, info))

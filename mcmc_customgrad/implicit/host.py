@@ -156,7 +156,7 @@ class Host(Solver):
             jax.ShapeDtypeStruct((), jnp.bool_),
         )
         y, steps, success = jax.pure_callback(host, shapes, y0, *leaves, vmap_method="sequential")
-        return checked_result(problem, y0, params, y, success, steps, rtol, atol)
+        return checked_result(problem, params, y, success, steps, rtol, atol)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from ._base import (
     SolverResult,
     converged_within,
     max_norm,
+    residual_scale,
     validate_positive_int,
     validate_tolerance,
 )
@@ -35,9 +36,11 @@ class Newton(Solver):
     stalls) still gives a well-defined descent step. ``lam`` shrinks after full steps and
     grows after shortened ones. The line search rejects non-finite trial points.
 
-    Converged when ``|F(y)|_inf <= atol + rtol |F(y0)|_inf`` or when a full undamped
-    step is below ``atol + rtol |y|_inf`` (``y`` is then known to that accuracy even if
-    rounding keeps the residual above ``atol``).
+    Converged when the residual is within tolerance (``|F(y)|_inf <= atol`` for a root,
+    ``|T(y) - y|_inf <= atol + rtol |y|_inf`` for a fixed point,
+    ``|grad|_inf <= atol + rtol |f(y)|`` for a minimum; never relative to the start) or
+    when a full undamped step is below ``atol + rtol |y|_inf`` (``y`` is then known to
+    that accuracy even if rounding keeps the residual above its tolerance).
 
     Parameters
     ----------
@@ -101,14 +104,15 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
     eye = jnp.eye(n, dtype=y0.dtype)
 
     f0, g0 = value_and_grad(y0)
-    scale = max_norm(g0)
 
-    def done(g, step_small):
+    def done(g, fy, step_small):
+        scale = residual_scale("argmin", g, fy)
         return converged_within(max_norm(g), scale, rtol, atol) | step_small
 
     def cond(state):
         _y, fy, g, _lam, k, small = state
-        return (k < max_steps) & ~done(g, small) & jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
+        finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
+        return (k < max_steps) & ~done(g, fy, small) & finite
 
     def body(state):
         y, fy, g, lam, k, _ = state
@@ -137,7 +141,7 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
     one = jnp.ones((), y0.dtype)
     state = (y0, f0, g0, one, 0, jnp.array(False))
     y, fy, g, _, k, small = lax.while_loop(cond, body, state)
-    ok = done(g, small) & jnp.isfinite(fy)
+    ok = done(g, fy, small) & jnp.isfinite(fy)
     return SolverResult(y, ok, k, max_norm(g))
 
 
@@ -155,14 +159,15 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
     zeros = jnp.zeros(n, y0.dtype)
 
     r0 = F(y0)
-    scale = max_norm(r0)
 
-    def done(r, step_small):
+    def done(y, r, step_small):
+        # The undamped-step test covers residuals whose rounding floor is above atol.
+        scale = residual_scale(problem.kind, y)
         return converged_within(max_norm(r), scale, rtol, atol) | step_small
 
     def cond(state):
-        _y, r, _lam, k, small = state
-        return (k < max_steps) & ~done(r, small) & jnp.all(jnp.isfinite(r))
+        y, r, _lam, k, small = state
+        return (k < max_steps) & ~done(y, r, small) & jnp.all(jnp.isfinite(r))
 
     def body(state):
         y, r, lam, k, _ = state
@@ -186,5 +191,5 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
 
     one = jnp.ones((), y0.dtype)
     y, r, _, k, small = lax.while_loop(cond, body, (y0, r0, one, 0, jnp.array(False)))
-    ok = done(r, small) & jnp.all(jnp.isfinite(r))
+    ok = done(y, r, small) & jnp.all(jnp.isfinite(r))
     return SolverResult(y, ok, k, max_norm(r))

@@ -14,6 +14,7 @@ from ._base import (
     SolverResult,
     converged_within,
     max_norm,
+    residual_scale,
     validate_positive_int,
     validate_tolerance,
 )
@@ -46,7 +47,7 @@ class BFGS(Solver):
 
     No Hessian is formed, so it suits objectives whose second derivatives are costly;
     for small smooth problems :class:`~mcmc_customgrad.solvers.Newton` usually needs far
-    fewer steps. Converged when ``|grad|_inf <= atol + rtol |grad(y0)|_inf``.
+    fewer steps. Converged when ``|grad|_inf <= atol + rtol |f(y)|``.
 
     Parameters
     ----------
@@ -84,12 +85,14 @@ class BFGS(Solver):
         n = y0.shape[0]
         eye = jnp.eye(n, dtype=y0.dtype)
         f0, g0 = value_and_grad(y0)
-        scale = max_norm(g0)
+
+        def done(g, fy):
+            return converged_within(max_norm(g), residual_scale("argmin", g, fy), rtol, atol)
 
         def cond(state):
             _, fy, g, _, k = state
             finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
-            return (k < self.max_steps) & ~converged_within(max_norm(g), scale, rtol, atol) & finite
+            return (k < self.max_steps) & ~done(g, fy) & finite
 
         def body(state):
             y, fy, g, hinv, k = state
@@ -122,7 +125,7 @@ class BFGS(Solver):
 
         state = (y0, f0, g0, _initial_scale(g0) * eye, 0)
         y, fy, g, _, k = lax.while_loop(cond, body, state)
-        ok = converged_within(max_norm(g), scale, rtol, atol) & jnp.isfinite(fy)
+        ok = done(g, fy) & jnp.isfinite(fy)
         return SolverResult(y, ok, k, max_norm(g))
 
 
@@ -131,7 +134,7 @@ class LBFGS(Solver):
     """Limited-memory BFGS for large minima; ``O(memory * n)`` per step.
 
     The default for ``argmin``/``min_value``. Converged when
-    ``|grad|_inf <= atol + rtol |grad(y0)|_inf``; unlike Blackjax's Laplace marginal it
+    ``|grad|_inf <= atol + rtol |f(y)|``; unlike Blackjax's Laplace marginal it
     never stops silently: running out of ``max_steps`` gives NaN and ``converged=False``.
 
     Parameters
@@ -174,7 +177,9 @@ class LBFGS(Solver):
         value_and_grad = jax.value_and_grad(f)
         n = y0.shape[0]
         f0, g0 = value_and_grad(y0)
-        scale = max_norm(g0)
+
+        def done(g, fy):
+            return converged_within(max_norm(g), residual_scale("argmin", g, fy), rtol, atol)
 
         def direction(g, s_hist, y_hist, rho, count, gamma, head):
             # Two-loop recursion over the valid pairs, newest first; slot of the i-th
@@ -202,7 +207,7 @@ class LBFGS(Solver):
         def cond(state):
             fy, g, k = state[1], state[2], state[8]
             finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
-            return (k < self.max_steps) & ~converged_within(max_norm(g), scale, rtol, atol) & finite
+            return (k < self.max_steps) & ~done(g, fy) & finite
 
         def body(state):
             y, fy, g, s_hist, y_hist, rho, count, gamma, k, head = state
@@ -241,5 +246,5 @@ class LBFGS(Solver):
         )
         final = lax.while_loop(cond, body, state)
         y, fy, g, k = final[0], final[1], final[2], final[8]
-        ok = converged_within(max_norm(g), scale, rtol, atol) & jnp.isfinite(fy)
+        ok = done(g, fy) & jnp.isfinite(fy)
         return SolverResult(y, ok, k, max_norm(g))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 from functools import partial
 
@@ -18,7 +19,7 @@ from ._base import KINDS, Problem, SolverError, SolverInfo
 from .linear import resolve_linear_solver
 from .solvers import resolve_solver
 
-__all__ = ["root", "prepare", "cached_problem", "build_core", "finish", "resolve"]
+__all__ = ["root", "prepare", "build_core", "finish", "resolve", "mask_tangents"]
 
 ON_FAILURE = ("nan", "raise", "last")
 
@@ -113,10 +114,14 @@ def _check_output(kind: str, out, y0, where: str) -> None:
 def prepare(kind: str, where: str, fun, y0, args):
     """Validate the user's call and closure-convert ``fun``.
 
-    Returns ``(key, y0_flat, params)``: ``key`` identifies the problem's static
-    structure (the arguments of :func:`cached_problem`), and ``params = (args, consts)``
-    holds the explicit arguments and the traced values ``fun`` closes over (closure
-    conversion, rule 4 of the design: derivatives must reach both).
+    ``fun`` is traced once to a jaxpr and *every* constant it captures (traced values of
+    an enclosing ``jit``/``vmap``/``grad``, integer or batched tracers, concrete arrays,
+    attributes of a bound method's object) is hoisted into an explicit argument: rule 4
+    of the design (derivatives must reach closed-over values, seed 003), and nothing
+    captured can go stale in the cache. ``jax.closure_convert`` hoists only values that
+    may carry a derivative, which breaks ``vmap(grad)`` over a closure on batched data.
+
+    Returns ``(problem, y0_flat, params)`` with ``params = (args, consts)``.
     """
     assert kind in KINDS
     if not callable(fun):
@@ -124,37 +129,54 @@ def prepare(kind: str, where: str, fun, y0, args):
     y0 = _as_y0(y0, where)
     args = _as_args(args, where)
     try:
-        converted, consts = jax.closure_convert(fun, y0, *args)
+        closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(y0, *args)
     except Exception as err:
         err.add_note(f"(raised while {where} traced fun(y0, *args) to check it)")
         raise
-    params = (args, tuple(consts))
+    consts = tuple(closed.consts)
+    params = (args, consts)
+    # The jaxpr's text (constants hoisted, so it is a pure function of its inputs) plus
+    # the input structure identify the problem: equal keys compute the same function.
     avals = tuple(_typeof(x) for x in jax.tree.leaves((y0, params)))
-    key = (kind, where, converted, jax.tree.structure((y0, params)), avals)
-    return key, ravel_pytree(y0)[0], params
+    key = (kind, where, str(closed.jaxpr), jax.tree.structure((y0, params)), avals)
+    problem = _PROBLEMS.get(key)
+    if problem is None:
+        _check_output(kind, out_shape, y0, where)
+        problem = _build_problem(kind, closed.jaxpr, jax.tree.structure(out_shape), y0, len(args))
+        _PROBLEMS.put(key, problem)
+    return problem, ravel_pytree(y0)[0], params
 
 
-@functools.lru_cache(maxsize=256)
-def cached_problem(kind, where, converted, structure, avals):
-    """Build (once per static structure) the flat :class:`Problem` for a converted ``fun``.
+class _LRU:
+    """A small least-recently-used map (the jaxpr travels beside its key, not in it)."""
 
-    Caching on the converted function (stable when the user passes the same ``fun``
-    object: :func:`jax.closure_convert` caches on it too) and on the input avals lets
-    repeated eager calls reuse one compiled solve instead of recompiling while-loops.
-    """
-    y0, params = jax.tree.unflatten(
-        structure, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
-    )
-    args, consts = params
-    out = jax.eval_shape(converted, y0, *args, *consts)
-    _check_output(kind, out, y0, where)
-    flat, unravel = ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), y0))
-    n, dtype = int(flat.size), flat.dtype
+    def __init__(self, maxsize):
+        self.maxsize, self.data = maxsize, collections.OrderedDict()
+
+    def get(self, key):
+        value = self.data.get(key)
+        if value is not None:
+            self.data.move_to_end(key)
+        return value
+
+    def put(self, key, value):
+        self.data[key] = value
+        if len(self.data) > self.maxsize:
+            self.data.popitem(last=False)
+
+
+_PROBLEMS = _LRU(256)
+
+
+def _build_problem(kind, jaxpr, out_tree, y0, n_args):
+    """The flat :class:`Problem` of a closure-converted ``fun`` (once per cache key)."""
 
     def user_fun(y_tree, params):
         a, c = params
-        return converted(y_tree, *a, *c)
+        out = jax.core.eval_jaxpr(jaxpr, list(c), *jax.tree.leaves((y_tree, *a)))
+        return jax.tree.unflatten(out_tree, out)
 
+    flat, unravel = ravel_pytree(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), y0))
     if kind == "argmin":
 
         def fn(y, params):
@@ -164,7 +186,20 @@ def cached_problem(kind, where, converted, structure, avals):
         def fn(y, params):
             return ravel_pytree(user_fun(unravel(y), params))[0]
 
-    return Problem(kind=kind, fn=fn, unravel=unravel, user_fun=user_fun, n=n, dtype=dtype)
+    return Problem(
+        kind=kind, fn=fn, unravel=unravel, user_fun=user_fun, n=int(flat.size), dtype=flat.dtype
+    )
+
+
+def mask_tangents(ok, tangents):
+    """Zero every float tangent where ``ok`` is False (``float0`` tangents pass through)."""
+
+    def mask(t):
+        if t.dtype == jax.dtypes.float0:
+            return t
+        return jnp.where(ok, t, jnp.zeros_like(t))
+
+    return jax.tree.map(mask, tangents)
 
 
 def zero_tangent(x):
@@ -211,8 +246,11 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
     # with respect to y0 is zero: y* does not depend on where the search started.
     #
     # Failed solves (the "double where"): where the solve failed, the linearisation point
-    # is y0 instead of NaN, the operator is the identity and the right-hand side zero, so
-    # the tangent is exactly zero and no NaN reaches the cotangents of other elements.
+    # is y0 instead of NaN, the parameter tangents are masked to zero *before* they meet
+    # ∂_θ F (which may be infinite at y0: in reverse mode a zero cotangent times inf is
+    # NaN, while the transpose of `where` selects), the operator is the identity and the
+    # right-hand side zero. The tangent is exactly zero and no NaN reaches the
+    # cotangents of parameters shared with other elements.
     @core.defjvp
     def core_jvp(primals, tangents):
         y0, params = primals
@@ -220,6 +258,7 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
         y, info = core(y0, params)
         ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
         y_lin = jnp.where(ok, y, y0)
+        params_dot = mask_tangents(ok, params_dot)
 
         _, rhs = jax.jvp(lambda p: problem.residual(y_lin, p), (params,), (params_dot,))
         _, jvp_y = jax.linearize(lambda v: problem.residual(v, params), y_lin)
@@ -282,8 +321,7 @@ def _compiled_core(problem, solver, linear_solver, on_failure):
 def resolve(kind, where, fun, y0, args, solver, linear_solver, full_output, on_failure):
     """Validate everything and return ``(problem, solver, linear_solver, y0_flat, params)``."""
     check_options(where, full_output, on_failure)
-    key, y0_flat, params = prepare(kind, where, fun, y0, args)
-    problem = cached_problem(*key)
+    problem, y0_flat, params = prepare(kind, where, fun, y0, args)
     solver = resolve_solver(solver, kind, problem.n, where)
     linear_solver = resolve_linear_solver(linear_solver, problem.n, problem.symmetric, where)
     return problem, solver, linear_solver, y0_flat, params

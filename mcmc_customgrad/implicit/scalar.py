@@ -40,7 +40,9 @@ class Chandrupatla(Solver):
     tangent solve of one JVP.
 
     Converged when the bracket around each root is narrower than
-    ``2 (atol + rtol |y|)`` or ``|fun(y)| <= atol``.
+    ``2 (atol + rtol |y|)`` or ``|fun(y)| <= atol``, and the residual is small against
+    the function's values at the bracket's ends (``|fun(y)| <= atol + rtol max|fun(ends)|``),
+    which rejects a bracket that closed on a pole or a jump instead of a root.
 
     Parameters
     ----------
@@ -115,7 +117,12 @@ class Chandrupatla(Solver):
             found = jnp.sign(f_lo) * jnp.sign(f_hi) <= 0
 
         y, fy, k, done = _chandrupatla(F, lo, hi, f_lo, f_hi, rtol, atol, self.max_steps)
-        ok = jnp.all(found & done)
+        # A narrow bracket certifies y only for a continuous function: across a pole or a
+        # jump the bracket also narrows, onto the discontinuity. There the residual stays
+        # of the size of the function itself, so require it to be small against the
+        # values at the bracket's ends (or below atol outright).
+        continuous = jnp.abs(fy) <= atol + rtol * jnp.maximum(jnp.abs(f_lo), jnp.abs(f_hi))
+        ok = jnp.all(found & done & continuous)
         return SolverResult(y, ok, k, max_norm(fy))
 
 
