@@ -38,6 +38,12 @@ def argmin(fun, y0, *args, solver=None, full_output=False, linear_solver=None, o
     -------
     y : pytree, or (y, SolverInfo) when ``full_output`` is True.
 
+    Notes
+    -----
+    Convergence is judged on the gradient, so a start that is already stationary is
+    accepted as it is, even a maximum or a saddle (``(y^2 - 1)^2`` from ``y0 = 0``). Start
+    from a point that is not a stationary point of a non-convex objective.
+
     Examples
     --------
     Ridge regression, whose minimiser is ``(X'X + lam I)^{-1} X'y``:
