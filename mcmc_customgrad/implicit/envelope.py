@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .root import build_core, finish, mask_tangents, resolve, zero_tangent
+from .root import build_core, finish, resolve, safe_linearisation, zero_tangent
 
 __all__ = ["min_value"]
 
@@ -41,9 +41,7 @@ def _compiled_value(problem, solver, linear_solver, on_failure):
         y0, params = primals
         _, params_dot = tangents
         y, info = argmin_core(y0, params)
-        ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
-        y_lin = jnp.where(ok, y, y0)
-        params_dot = mask_tangents(ok, params_dot)
+        ok, y_lin, params_dot = safe_linearisation(on_failure, y, info, y0, params_dot)
         v, v_dot = jax.jvp(lambda p: problem.objective(y_lin, p), (params,), (params_dot,))
         v = v if on_failure == "last" else jnp.where(ok, v, jnp.nan)
         return (v, info), (jnp.where(ok, v_dot, 0.0), jax.tree.map(zero_tangent, info))

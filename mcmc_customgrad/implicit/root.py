@@ -19,7 +19,7 @@ from ._base import KINDS, Problem, SolverError, SolverInfo
 from .linear import resolve_linear_solver
 from .solvers import resolve_solver
 
-__all__ = ["root", "prepare", "build_core", "finish", "resolve", "mask_tangents"]
+__all__ = ["root", "prepare", "build_core", "finish", "resolve", "safe_linearisation"]
 
 ON_FAILURE = ("nan", "raise", "last")
 
@@ -191,15 +191,24 @@ def _build_problem(kind, jaxpr, out_tree, y0, n_args):
     )
 
 
-def mask_tangents(ok, tangents):
-    """Zero every float tangent where ``ok`` is False (``float0`` tangents pass through)."""
+def safe_linearisation(on_failure, y, info, y0, params_dot):
+    """Where to linearise a rule, and the tangents to push through it.
+
+    Returns ``(ok, y_lin, params_dot)``: ``ok`` says the solve succeeded (for
+    ``on_failure="last"``: its last iterate is finite); where it did not, ``y_lin`` is
+    the finite start ``y0`` instead of NaN and every float parameter tangent is zero.
+    Masking the tangents *before* they meet ``d F / d theta`` matters in reverse mode:
+    the transpose of ``where`` selects, while a zero cotangent times an infinite
+    derivative would be NaN.
+    """
+    ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
 
     def mask(t):
         if t.dtype == jax.dtypes.float0:
             return t
         return jnp.where(ok, t, jnp.zeros_like(t))
 
-    return jax.tree.map(mask, tangents)
+    return ok, jnp.where(ok, y, y0), jax.tree.map(mask, params_dot)
 
 
 def zero_tangent(x):
@@ -256,9 +265,7 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
         y0, params = primals
         _, params_dot = tangents
         y, info = core(y0, params)
-        ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
-        y_lin = jnp.where(ok, y, y0)
-        params_dot = mask_tangents(ok, params_dot)
+        ok, y_lin, params_dot = safe_linearisation(on_failure, y, info, y0, params_dot)
 
         _, rhs = jax.jvp(lambda p: problem.residual(y_lin, p), (params,), (params_dot,))
         _, jvp_y = jax.linearize(lambda v: problem.residual(v, params), y_lin)
