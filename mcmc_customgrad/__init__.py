@@ -28,6 +28,7 @@ from .implicit import (
     root,
     solvers,
 )
+from .logdensity import Constraint, Model, interval, positive, real
 
 try:
     __version__ = _version("mcmc_customgrad")
@@ -43,6 +44,11 @@ __all__ = [
     "SolverError",
     "solvers",
     "linear",
+    "Model",
+    "Constraint",
+    "real",
+    "positive",
+    "interval",
     "stable",
     "__version__",
 ]
