@@ -17,7 +17,7 @@ Examples
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import stable
+from . import models, stable
 from .implicit import (
     SolverError,
     SolverInfo,
@@ -49,6 +49,7 @@ __all__ = [
     "real",
     "positive",
     "interval",
+    "models",
     "stable",
     "__version__",
 ]
