@@ -9,9 +9,7 @@ from .conjugate import conjugate
 __all__ = ["host_conjugate"]
 
 
-def host_conjugate(
-    d: int = 2, p: float = 3.0, seed: int = 0, method: str = "BFGS"
-) -> Example:
+def host_conjugate(d: int = 2, p: float = 3.0, seed: int = 0, method: str = "BFGS") -> Example:
     """Seed 000's density with ``scipy.optimize.minimize`` as the inner solver.
 
     JAX never sees inside SciPy (the solve runs in a ``jax.pure_callback``), yet the
