@@ -168,6 +168,13 @@ def test_bad_models_are_rejected_before_compiling():
         mcg.Model(lambda p: -p["s"], ok, log_likelihood_fn=lambda p: jnp.arange(3))
 
 
+def test_a_keyerror_of_the_users_own_is_not_blamed_on_params():
+    data = {"y": jnp.ones(3)}
+    with pytest.raises(KeyError, match="'z'") as err:
+        mcg.Model(lambda p: jnp.sum(data["z"]) - p["s"], {"s": mcg.positive()})
+    assert "does not declare" not in str(err.value)
+
+
 def test_a_function_that_maps_over_params_is_accepted():
     # tree_map over the params dict needs a real dict; the check falls back gracefully.
     model = mcg.Model(

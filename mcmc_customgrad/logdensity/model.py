@@ -13,6 +13,10 @@ from .constraints import Constraint
 __all__ = ["Model"]
 
 
+class _UndeclaredParameter(KeyError):
+    """Raised by :class:`_ReadTracker` for a key the model does not declare."""
+
+
 class _ReadTracker(Mapping):
     """A read-only mapping that records which keys were read (for validation only)."""
 
@@ -21,7 +25,7 @@ class _ReadTracker(Mapping):
 
     def __getitem__(self, key):
         if key not in self._values:
-            raise KeyError(key)
+            raise _UndeclaredParameter(key)
         self.read.add(key)
         return self._values[key]
 
@@ -225,7 +229,7 @@ class Model:
             tracker["reads"] = reads
             try:
                 return self.logdensity_fn(reads)
-            except KeyError as err:
+            except _UndeclaredParameter as err:
                 name = err.args[0] if err.args else err
                 raise ValueError(
                     f"Model: logdensity_fn reads parameter {name!r}, which params does not "
