@@ -29,8 +29,11 @@ def checked_result(problem: Problem, params, y, claimed, num_steps, rtol, atol):
     A solver's own claim is necessary but not sufficient: ``y`` must also satisfy the
     residual test of :func:`~mcmc_customgrad.implicit._base.residual_scale`.
     """
-    residual = max_norm(problem.residual(y, params))
-    value = problem.objective(y, params) if problem.kind == "argmin" else None
+    if problem.kind == "argmin":  # value and gradient in one pass
+        value, grad = jax.value_and_grad(problem.objective)(y, params)
+        residual = max_norm(grad)
+    else:
+        value, residual = None, max_norm(problem.residual(y, params))
     scale = residual_scale(problem.kind, y, value)
     ok = claimed & converged_within(residual, scale, rtol, atol)
     return SolverResult(y, ok, num_steps, residual)

@@ -142,7 +142,7 @@ def prepare(kind: str, where: str, fun, y0, args):
     problem = _PROBLEMS.get(key)
     if problem is None:
         _check_output(kind, out_shape, y0, where)
-        problem = _build_problem(kind, closed.jaxpr, jax.tree.structure(out_shape), y0, len(args))
+        problem = _build_problem(kind, closed.jaxpr, jax.tree.structure(out_shape), y0)
         _PROBLEMS.put(key, problem)
     return problem, ravel_pytree(y0)[0], params
 
@@ -168,7 +168,7 @@ class _LRU:
 _PROBLEMS = _LRU(256)
 
 
-def _build_problem(kind, jaxpr, out_tree, y0, n_args):
+def _build_problem(kind, jaxpr, out_tree, y0):
     """The flat :class:`Problem` of a closure-converted ``fun`` (once per cache key)."""
 
     def user_fun(y_tree, params):
