@@ -21,12 +21,14 @@ from . import models, stable
 from .implicit import (
     SolverError,
     SolverInfo,
+    SolverStats,
     argmin,
     fixed_point,
     linear,
     min_value,
     root,
     solvers,
+    with_solver_stats,
 )
 from .logdensity import Constraint, Model, interval, positive, real
 
@@ -42,6 +44,8 @@ __all__ = [
     "min_value",
     "SolverInfo",
     "SolverError",
+    "with_solver_stats",
+    "SolverStats",
     "solvers",
     "linear",
     "Model",

@@ -9,6 +9,7 @@ from .argmin import argmin
 from .envelope import min_value
 from .fixed_point import fixed_point
 from .root import root
+from .stats import SolverStats, with_solver_stats
 
 __all__ = [
     "root",
@@ -17,6 +18,8 @@ __all__ = [
     "min_value",
     "SolverInfo",
     "SolverError",
+    "with_solver_stats",
+    "SolverStats",
     "solvers",
     "linear",
 ]

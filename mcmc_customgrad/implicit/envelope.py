@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .root import build_core, finish, resolve, safe_linearisation, zero_tangent
+from .root import build_core, finish, jit_core, resolve, safe_linearisation, zero_tangent
 
 __all__ = ["min_value"]
 
@@ -46,7 +46,7 @@ def _compiled_value(problem, solver, linear_solver, on_failure):
         v = v if on_failure == "last" else jnp.where(ok, v, jnp.nan)
         return (v, info), (jnp.where(ok, v_dot, 0.0), jax.tree.map(zero_tangent, info))
 
-    return jax.jit(value)
+    return jit_core(value)
 
 
 def min_value(fun, y0, *args, solver=None, full_output=False, linear_solver=None, on_failure="nan"):

@@ -320,9 +320,28 @@ def check_options(where: str, full_output, on_failure) -> None:
         )
 
 
+#: Name of every jitted inner-solve core: the ``name`` parameter of its ``jit`` equation
+#: in a jaxpr, whose last three outputs are the :class:`SolverInfo` fields. This is how
+#: :func:`~mcmc_customgrad.with_solver_stats` recognises a solve; keep it distinctive.
+CORE_NAME = "mcg_implicit_core"
+
+
+def jit_core(core):
+    """``jax.jit(core)`` under the name :data:`CORE_NAME`.
+
+    ``core(y0_flat, params)`` must return ``(out, SolverInfo)``.
+    """
+
+    def mcg_implicit_core(y0, params):
+        return core(y0, params)
+
+    mcg_implicit_core.__name__ = mcg_implicit_core.__qualname__ = CORE_NAME
+    return jax.jit(mcg_implicit_core)
+
+
 @functools.lru_cache(maxsize=256)
 def _compiled_core(problem, solver, linear_solver, on_failure):
-    return jax.jit(build_core(problem, solver, linear_solver, on_failure))
+    return jit_core(build_core(problem, solver, linear_solver, on_failure))
 
 
 def resolve(kind, where, fun, y0, args, solver, linear_solver, full_output, on_failure):
