@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import models, stable
+from .diagnostics import Diagnostic, SamplingWarning, diagnose
 from .implicit import (
     SolverError,
     SolverInfo,
@@ -31,6 +32,7 @@ from .implicit import (
     with_solver_stats,
 )
 from .logdensity import Constraint, Model, interval, positive, real
+from .sampling import CheckpointError, InitializationError, sample
 
 try:
     __version__ = _version("mcmc_customgrad")
@@ -53,6 +55,12 @@ __all__ = [
     "real",
     "positive",
     "interval",
+    "sample",
+    "diagnose",
+    "Diagnostic",
+    "SamplingWarning",
+    "InitializationError",
+    "CheckpointError",
     "models",
     "stable",
     "__version__",

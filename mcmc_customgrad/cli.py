@@ -1,15 +1,28 @@
 """The ``mcmc-customgrad`` command.
 
-Exit codes: 0 success, 1 a check failed (the demo's gradients disagree with the closed
-forms), 2 bad usage.
+Commands: ``sample MODEL`` (draws to netCDF), ``summary run.nc`` (ArviZ summary plus the
+post-run checks), ``models`` (the built-in models), ``demo`` (the README's main job).
+
+Exit codes, for scripts: 0 success; 1 the run or check failed (sampling could not start,
+a checkpoint belongs to another run, ``summary --strict`` found problems, the demo's
+numbers disagree); 2 bad usage (unknown command, model or option, unreadable file).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+import warnings
+from pathlib import Path
 
-__all__ = ["main", "demo"]
+__all__ = ["main", "demo", "check_seeds", "load_model"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit code 2."""
 
 
 def _rel(a, b) -> float:
@@ -19,7 +32,7 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
 
 
-def demo(out=None) -> bool:
+def check_seeds(out=None) -> bool:
     """Print the seed numbers computed by the core against their closed forms.
 
     Returns True when every derivative agrees with its closed form to ``1e-6`` relative.
@@ -27,8 +40,8 @@ def demo(out=None) -> bool:
     Examples
     --------
     >>> import io
-    >>> from mcmc_customgrad.cli import demo
-    >>> demo(io.StringIO())
+    >>> from mcmc_customgrad.cli import check_seeds
+    >>> check_seeds(io.StringIO())
     True
     """
     import jax
@@ -102,24 +115,277 @@ def demo(out=None) -> bool:
     return ok
 
 
-def main(argv=None) -> int:
-    """Entry point of the ``mcmc-customgrad`` console script."""
+def load_model(spec: str, reference: bool = False):
+    """A built-in model name, or ``path/to/file.py:function``, -> what to sample.
+
+    ``function()`` (called with no arguments) may return an :class:`~mcmc_customgrad.Model`
+    or an :class:`~mcmc_customgrad.models.Example` (its ``model``, or its ``reference``
+    when ``reference`` is True).
+
+    Examples
+    --------
+    >>> from mcmc_customgrad.cli import load_model
+    >>> load_model("conjugate").names
+    ('x',)
+    """
+    from mcmc_customgrad import Model, models
+
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        path, name = spec.rsplit(":", 1)
+        file = Path(path)
+        if not file.is_file():
+            raise UsageError(f"model file {path} does not exist.")
+        module_spec = importlib.util.spec_from_file_location(f"_mcg_user_{file.stem}", file)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise UsageError(f"importing {path} failed: {type(err).__name__}: {err}") from err
+        builder = getattr(module, name, None)
+        if not callable(builder):
+            raise UsageError(f"{path} has no function {name!r}.")
+    elif spec in models.REGISTRY:
+        builder = models.REGISTRY[spec]
+    else:
+        raise UsageError(
+            f"unknown model {spec!r}: use one of {sorted(models.REGISTRY)} (see "
+            "`mcmc-customgrad models`) or path/to/file.py:function."
+        )
+    built = builder()
+    if isinstance(built, models.Example):
+        return built.reference if reference else built.model
+    if isinstance(built, Model):
+        if reference:
+            raise UsageError(f"{spec} returns a Model, which has no reference; drop --reference.")
+        return built
+    raise UsageError(
+        f"{spec} returned {type(built).__name__}; it must return an mcg.Model or an "
+        "mcg.models.Example."
+    )
+
+
+def _summary_table(idata):
+    from mcmc_customgrad.diagnostics import summary
+
+    return summary(idata)[["mean", "sd", "hdi_3%", "hdi_97%", "ess_bulk", "ess_tail", "r_hat"]]
+
+
+def _print_diagnostics(idata, out) -> int:
+    import mcmc_customgrad as mcg
+
+    problems = mcg.diagnose(idata)
+    stats = idata.sample_stats
+    fails = int(stats["solver_failure"].sum()) if "solver_failure" in stats else 0
+    print(
+        f"{idata.posterior.sizes['chain']} chains x {idata.posterior.sizes['draw']} draws; "
+        f"inner-solver failures: {fails}",
+        file=out,
+    )
+    for p in problems:
+        print(f"WARNING [{p.name}] {p.message}", file=out)
+    if not problems:
+        print("all post-run checks passed", file=out)
+    return len(problems)
+
+
+def _side_by_side(custom, reference, out) -> bool:
+    """Both summaries in one table; True when every mean agrees within 4 combined MCSE."""
+    import numpy as np
+    import pandas as pd
+
+    from mcmc_customgrad.diagnostics import summary
+
+    a, b = summary(custom), summary(reference)
+    cols = ["mean", "sd", "ess_bulk", "r_hat"]
+    table = pd.concat({"custom": a[cols], "reference": b[cols]}, axis=1)
+    z = (a["mean"] - b["mean"]) / np.sqrt(a["mcse_mean"] ** 2 + b["mcse_mean"] ** 2)
+    table[("", "z")] = z
+    with pd.option_context("display.width", 120, "display.float_format", "{:.4f}".format):
+        print(table.to_string(), file=out)
+    return bool(np.all(np.abs(z.to_numpy()) < 4))
+
+
+def demo(out=None, quick: bool = False) -> bool:
+    """The README's main job: check the seed derivatives, then sample and compare.
+
+    Prints the seed derivatives against their closed forms, then samples the seed-000
+    conjugate density (inner L-BFGS, cold start ``y0 = 0``) and its closed-form
+    reference with NUTS, 4 chains each, and prints both summaries side by side with the
+    z-score of the difference of means (Monte Carlo standard errors of both runs).
+
+    Parameters
+    ----------
+    out : file, optional
+        Where to print (default stdout).
+    quick : bool
+        300 warmup steps and 300 draws per chain instead of 1000 and 1000.
+
+    Returns
+    -------
+    bool
+        True when the derivatives agree to 1e-6 and every posterior mean agrees within
+        4 standard errors.
+
+    Examples
+    --------
+    >>> import io
+    >>> from mcmc_customgrad.cli import demo
+    >>> demo(io.StringIO(), quick=True)
+    True
+    """
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import mcmc_customgrad as mcg
+
+    out = out or sys.stdout
+    ok = check_seeds(out)
+    n = 300 if quick else 1000
+    example = mcg.models.conjugate(d=2)
+    runs = {}
+    for name in ("custom", "reference"):
+        model = example.model if name == "custom" else example.reference
+        print(f"\nsampling the {name} density: 4 chains x ({n} warmup + {n} draws) ...", file=out)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", mcg.SamplingWarning)
+            idata = mcg.sample(model, num_warmup=n, num_samples=n, seed=0, progress_bar=False)
+        runs[name] = idata
+        attrs = idata.posterior.attrs
+        print(
+            f"  compile {attrs['compile_seconds'] + attrs['warmup_compile_seconds']:.1f} s, "
+            f"warmup {attrs['warmup_seconds']:.2f} s, draws {attrs['sampling_seconds']:.2f} s, "
+            f"{attrs['num_grad_evals']} gradient evaluations",
+            file=out,
+        )
+        for w in caught:
+            print(f"  warning: {w.message}", file=out)
+    print("\nposterior of x (conjugate density, d = 2): custom vs closed-form reference", file=out)
+    agree = _side_by_side(runs["custom"], runs["reference"], out)
+    print(
+        "means agree within 4 standard errors"
+        if agree
+        else "MISMATCH: a mean differs by more than 4 standard errors",
+        file=out,
+    )
+    return ok and agree
+
+
+def _cmd_sample(args, out) -> int:
+    import mcmc_customgrad as mcg
+    from mcmc_customgrad.diagnostics import save
+
+    model = load_model(args.model, reference=args.reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mcg.SamplingWarning)  # printed below instead
+        idata = mcg.sample(
+            model,
+            num_chains=args.chains,
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            seed=args.seed,
+            kernel=args.kernel,
+            target_accept=args.target_accept,
+            max_treedepth=args.max_treedepth,
+            chain_method=args.chain_method,
+            checkpoint=args.checkpoint,
+            progress_bar=args.progress,
+        )
+    if args.out:
+        save(idata, args.out)
+    print(_summary_table(idata).to_string(), file=out)
+    _print_diagnostics(idata, out)
+    if args.out:
+        print(f"wrote {args.out}", file=out)
+    return EXIT_OK
+
+
+def _cmd_summary(args, out) -> int:
+    from mcmc_customgrad.diagnostics import load
+
+    if not Path(args.file).is_file():
+        raise UsageError(f"{args.file} does not exist.")
+    try:
+        idata = load(args.file)
+    except Exception as err:
+        raise UsageError(f"{args.file} is not a netCDF run file: {err}") from err
+    if "posterior" not in idata.groups():
+        raise UsageError(f"{args.file} has no posterior group.")
+    print(_summary_table(idata).to_string(), file=out)
+    problems = _print_diagnostics(idata, out)
+    return EXIT_FAILED if (problems and args.strict) else EXIT_OK
+
+
+def _cmd_models(args, out) -> int:
+    from mcmc_customgrad import models
+
+    for name, builder in models.REGISTRY.items():
+        first = (builder.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:16s} {first}", file=out)
+    return EXIT_OK
+
+
+def _parser():
     from mcmc_customgrad import __version__
 
     parser = argparse.ArgumentParser(
         prog="mcmc-customgrad",
         description="Implicit derivatives of inner solves for HMC log-densities.",
+        epilog="Exit codes: 0 success, 1 the run or check failed, 2 bad usage.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("demo", help="compare implicit derivatives with closed forms (seeds 000/001)")
+    d = sub.add_parser("demo", help="check the seed derivatives, sample the conjugate model")
+    d.add_argument("--quick", action="store_true", help="300 + 300 steps instead of 1000 + 1000")
+    s = sub.add_parser("sample", help="sample a model and write the draws to netCDF")
+    s.add_argument("model", help="built-in model name, or path/to/file.py:function")
+    s.add_argument("--reference", action="store_true", help="sample the closed-form reference")
+    s.add_argument("--chains", type=int, default=4)
+    s.add_argument("--warmup", type=int, default=1000)
+    s.add_argument("--draws", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--kernel", default="nuts", choices=["nuts", "hmc", "mala"])
+    s.add_argument("--target-accept", type=float, default=0.8)
+    s.add_argument("--max-treedepth", type=int, default=10)
+    s.add_argument(
+        "--chain-method", default="vectorized", choices=["vectorized", "parallel", "sequential"]
+    )
+    s.add_argument("--checkpoint", default=None, help="directory for resumable checkpoints")
+    s.add_argument("--out", default=None, help="netCDF file for the run (e.g. run.nc)")
+    s.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar"
+    )
+    m = sub.add_parser("summary", help="ArviZ summary and post-run checks of a run file")
+    m.add_argument("file", help="netCDF file written by `sample --out`")
+    m.add_argument("--strict", action="store_true", help="exit 1 when any check fails")
+    sub.add_parser("models", help="list the built-in models")
+    return parser
+
+
+def main(argv=None, out=None) -> int:
+    """Entry point of the ``mcmc-customgrad`` console script; returns the exit code."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from mcmc_customgrad import CheckpointError, InitializationError
+
+    out = out or sys.stdout
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
-    if args.command == "demo":
-        return 0 if demo() else 1
-    return 2  # pragma: no cover - argparse rejects unknown commands
+        parser.print_help(out)
+        return EXIT_USAGE
+    try:
+        if args.command == "demo":
+            return EXIT_OK if demo(out, quick=args.quick) else EXIT_FAILED
+        command = {"sample": _cmd_sample, "summary": _cmd_summary, "models": _cmd_models}
+        return command[args.command](args, out)
+    except UsageError as err:
+        print(f"mcmc-customgrad: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as err:  # bad settings caught by mcg.sample before compiling
+        kind = (InitializationError, CheckpointError)
+        print(f"mcmc-customgrad: error: {err}", file=sys.stderr)
+        return EXIT_FAILED if isinstance(err, kind) else EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,671 @@
+"""``mcg.sample``: a log-density (or a Model) -> ArviZ InferenceData, with Blackjax NUTS."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import time
+import warnings
+from collections.abc import Mapping
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..diagnostics import _arviz
+from ..diagnostics._checks import SamplingWarning, diagnose
+from ..implicit.stats import with_solver_stats
+from ..logdensity import Model
+from ._chains import CHAIN_METHODS, ChainMap
+from ._checkpoint import Checkpoint
+from ._kernels import KERNELS, Record, Settings, draws_fn, value_and_grad_fn, warmup_fn
+from ._progress import Progress, progress_enabled
+
+__all__ = ["sample", "InitializationError"]
+
+MAX_INIT_TRIES = 100
+TRANSITION_STATS = ("diverging", "energy", "acceptance_rate", "n_steps", "tree_depth")
+
+
+class InitializationError(ValueError):
+    """No start with a finite log-density and gradient was found."""
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"sample: {name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_settings(
+    kernel,
+    chain_method,
+    target_accept,
+    num_chains,
+    num_warmup,
+    num_samples,
+    max_treedepth,
+    num_integration_steps,
+    progress_bar,
+    checkpoint_every,
+):
+    if kernel not in KERNELS:
+        raise ValueError(f"sample: unknown kernel {kernel!r}; choose one of {KERNELS}.")
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(
+            f"sample: unknown chain_method {chain_method!r}; choose one of {CHAIN_METHODS}."
+        )
+    if isinstance(target_accept, bool) or not (
+        isinstance(target_accept, int | float) and 0 < target_accept < 1
+    ):
+        raise ValueError(f"sample: target_accept must lie in (0, 1), got {target_accept!r}.")
+    _check_int("num_chains", num_chains, 1)
+    _check_int("num_warmup", num_warmup, 1)
+    _check_int("num_samples", num_samples, 1)
+    _check_int("max_treedepth", max_treedepth, 1)
+    _check_int("num_integration_steps", num_integration_steps, 1)
+    _check_int("checkpoint_every", checkpoint_every, 1)
+    if progress_bar not in (None, True, False):
+        raise ValueError(f"sample: progress_bar must be None, True or False, got {progress_bar!r}.")
+
+
+def _root_key(seed):
+    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        if seed.shape != ():
+            raise ValueError(f"sample: seed must be one PRNG key, got shape {seed.shape}.")
+        return seed, "key:" + ",".join(map(str, np.asarray(jax.random.key_data(seed)).ravel()))
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"sample: seed must be an int or a jax.random.key, got {seed!r}.")
+    return jax.random.key(int(seed)), int(seed)
+
+
+class _Target:
+    """What is sampled: the flat log-density, its layout and how to report draws."""
+
+    def __init__(self, model_or_logdensity, init, init_per_chain, num_chains):
+        self.model = model_or_logdensity if isinstance(model_or_logdensity, Model) else None
+        if self.model is not None:
+            m = self.model
+            self.logdensity = m.logdensity
+            self.template = jax.ShapeDtypeStruct((m.dim,), jnp.result_type(float))
+            self.labels = [
+                f"{n}[{','.join(map(str, i))}]" if c.shape else n
+                for n, c in m.constraints.items()
+                for i in np.ndindex(c.shape)
+            ]
+            self.log_likelihood = m.log_likelihood if m.log_likelihood_fn is not None else None
+        elif callable(model_or_logdensity):
+            self.logdensity = model_or_logdensity
+            self.log_likelihood = None
+            if init is None:
+                raise ValueError(
+                    "sample: a plain log-density needs init, a starting position (pytree of "
+                    "float arrays) or a callable init(key) -> position; an mcg.Model draws "
+                    "its own."
+                )
+        else:
+            raise TypeError(
+                "sample: expected an mcg.Model or a callable logdensity_fn(position) -> "
+                f"scalar, got {type(model_or_logdensity).__name__}."
+            )
+        self.init, self.init_per_chain, self.num_chains = init, init_per_chain, num_chains
+        self._base = None
+        if self.model is None:
+            self.template = self._template_from_init()
+            leaves = jax.tree_util.tree_flatten_with_path(self.template)[0]
+            names = [jax.tree_util.keystr(p, simple=True, separator=".") or "x" for p, _ in leaves]
+            self.names = names
+            self.labels = [
+                f"{n}[{','.join(map(str, i))}]" if leaf.shape else n
+                for n, (_, leaf) in zip(names, leaves, strict=True)
+                for i in np.ndindex(leaf.shape)
+            ]
+        self._check_output()
+
+    def _template_from_init(self):
+        if callable(self.init):
+            out = jax.eval_shape(self.init, jax.random.key(0))
+        else:
+            out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), _dtype(x)), self.init)
+            if self.init_per_chain:
+                out = jax.tree.map(lambda s: self._strip_chain_axis(s), out)
+        leaves = jax.tree.leaves(out)
+        if not leaves:
+            raise ValueError("sample: init is empty; give a pytree of float arrays.")
+        for leaf in leaves:
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise TypeError(f"sample: init must hold float arrays, got dtype {leaf.dtype}.")
+        return out
+
+    def _strip_chain_axis(self, s):
+        if not s.shape or s.shape[0] != self.num_chains:
+            raise ValueError(
+                f"sample: with init_per_chain=True every init leaf needs a leading axis of "
+                f"length num_chains={self.num_chains}, got shape {s.shape}."
+            )
+        return jax.ShapeDtypeStruct(s.shape[1:], s.dtype)
+
+    def _check_output(self):
+        try:
+            out = jax.eval_shape(self.logdensity, self.template)
+        except Exception as err:
+            raise ValueError(
+                f"sample: the log-density cannot be evaluated at a position shaped like "
+                f"init ({_describe(self.template)}): {type(err).__name__}: {err}"
+            ) from err
+        if not (
+            isinstance(out, jax.ShapeDtypeStruct)
+            and out.shape == ()
+            and jnp.issubdtype(out.dtype, jnp.floating)
+        ):
+            raise ValueError(
+                f"sample: the log-density must return a real scalar, got {_describe(out)}. "
+                "Sum the terms (jnp.sum) before returning."
+            )
+
+    # -------------------------------------------------------------- initial points
+    def draw(self, key):
+        """Initial positions for every chain (a fresh draw; the first try)."""
+        keys = jax.random.split(key, self.num_chains)
+        if self.model is not None and self.init is None:
+            return jax.vmap(self.model.init)(keys)
+        if self.model is not None:
+            if isinstance(self.init, Mapping):
+                flat = self.model.to_unconstrained(self.init)
+            else:
+                flat = jnp.asarray(self.init, dtype=float)
+                shape = (
+                    (self.num_chains, self.model.dim) if self.init_per_chain else (self.model.dim,)
+                )
+                if flat.shape != shape:
+                    raise ValueError(
+                        f"sample: init for this model is a dict of constrained values or a "
+                        f"flat unconstrained vector of shape {shape}, got {flat.shape}."
+                    )
+            self._base = flat
+            return (
+                flat
+                if self.init_per_chain
+                else jnp.broadcast_to(flat, (self.num_chains, flat.shape[-1]))
+            )
+        if callable(self.init):
+            return jax.vmap(self.init)(keys)
+        base = jax.tree.map(lambda x: jnp.asarray(x, _dtype(x)), self.init)
+        self._base = base
+        if self.init_per_chain:
+            return base
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (self.num_chains, *x.shape)), base)
+
+    def redraw(self, key, positions):
+        """New candidates for chains whose start failed: a fresh draw, or jitter."""
+        if self._base is None:  # random inits (Model default or a callable): draw again
+            return self.draw(key)
+        leaves, treedef = jax.tree.flatten(positions)
+        keys = jax.random.split(key, len(leaves))
+        return treedef.unflatten(
+            [
+                x + jax.random.uniform(k, x.shape, x.dtype, -1.0, 1.0)
+                for k, x in zip(keys, leaves, strict=True)
+            ]
+        )
+
+    def describe_position(self, position, grad) -> str:
+        """Name the coordinates of one chain's start whose gradient is not finite."""
+        flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(position)])
+        g = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad)])
+        bad = [i for i in range(g.size) if not np.isfinite(g[i])]
+        if self.model is not None:
+            values = np.concatenate(
+                [np.ravel(v) for v in self.model.to_constrained(jnp.asarray(flat)).values()]
+            )
+            where = "constrained value"
+        else:
+            values, where = flat, "value"
+        shown = bad[:5] or range(min(g.size, 5))
+        parts = [f"{self.labels[i]} = {values[i]:.6g} ({where})" for i in shown]
+        head = "gradient not finite at " if bad else "at "
+        return head + ", ".join(parts) + (" ..." if len(bad) > 5 else "")
+
+
+def _dtype(x):
+    return jnp.result_type(x) if not isinstance(x, float | int) else jnp.result_type(float)
+
+
+def _describe(tree) -> str:
+    return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", tree))
+
+
+@functools.lru_cache(maxsize=64)
+def _value_and_grad_batched(logdensity):
+    return jax.jit(jax.vmap(value_and_grad_fn(logdensity)))
+
+
+def _initial_positions(target: _Target, key):
+    """Starts with a finite log-density and gradient, retrying failed chains."""
+    vg = _value_and_grad_batched(target.logdensity)
+    first = positions = target.draw(key)
+    first_values = None
+    for _ in range(MAX_INIT_TRIES):
+        lp, grad = vg(positions)
+        if first_values is None:
+            first_values = (lp, grad)
+        ok = np.isfinite(np.asarray(lp))
+        for g in jax.tree.leaves(grad):
+            ok &= np.all(np.isfinite(np.asarray(g)).reshape(ok.shape[0], -1), axis=1)
+        if ok.all():
+            return positions, lp
+        key, sub = jax.random.split(key)
+        candidates = target.redraw(sub, first)
+        keep = ok
+
+        def choose(old, new, keep=keep):
+            return jnp.where(keep.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
+
+        positions = jax.tree.map(choose, positions, candidates)
+    chain = int(np.flatnonzero(~ok)[0])
+    lp0, grad0 = first_values
+    one = jax.tree.map(lambda x: x[chain], first)
+    detail = target.describe_position(one, jax.tree.map(lambda x: x[chain], grad0))
+    raise InitializationError(
+        f"sample: chain {chain}: no start with a finite log-density and gradient after "
+        f"{MAX_INIT_TRIES} tries. At the first start the log-density is "
+        f"{float(lp0[chain])!r}, {detail}. Give init a point inside the support, check the "
+        "model for log(0) or an inner solve that fails there (mcg.check_gradients helps)."
+    )
+
+
+# ----------------------------------------------------------------------- per-draw pass
+
+
+@functools.lru_cache(maxsize=64)
+def _draw_pass(logdensity, to_posterior, log_likelihood, solver_stats):
+    stats_fn = with_solver_stats(logdensity) if solver_stats else None
+
+    def one(position):
+        out = {"posterior": to_posterior(position)}
+        if stats_fn is not None:
+            out["solver"] = stats_fn(position)[1]._asdict()
+        if log_likelihood is not None:
+            out["log_likelihood"] = log_likelihood(position)
+        return out
+
+    return jax.jit(jax.vmap(one))
+
+
+class _Names:
+    """Position pytree -> ``{name: leaf}`` (hashable, so the compiled pass is reused)."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+
+    def __call__(self, position):
+        return dict(zip(self.names, jax.tree.leaves(position), strict=True))
+
+    def __eq__(self, other):
+        return isinstance(other, _Names) and other.names == self.names
+
+    def __hash__(self):
+        return hash(self.names)
+
+
+# ------------------------------------------------------------------------- the sampler
+
+
+def sample(
+    model_or_logdensity,
+    init=None,
+    *,
+    num_chains=4,
+    num_warmup=1000,
+    num_samples=1000,
+    seed=0,
+    kernel="nuts",
+    target_accept=0.8,
+    max_treedepth=10,
+    chain_method="vectorized",
+    progress_bar=None,
+    checkpoint=None,
+    checkpoint_every=100,
+    init_per_chain=False,
+    num_integration_steps=16,
+    dense_mass=False,
+    solver_stats=True,
+    warn=True,
+):
+    """Sample a log-density with Blackjax NUTS (or HMC) and return ArviZ InferenceData.
+
+    Each chain runs Blackjax's window adaptation (Stan's schedule: step size by dual
+    averaging, mass matrix from the warmup draws), then ``num_samples`` transitions.
+    A proposal whose log-density is NaN, which is what a failed inner solve returns,
+    is rejected and counted; the run goes on (Stan's semantics).
+
+    Parameters
+    ----------
+    model_or_logdensity : Model or callable
+        An :class:`~mcmc_customgrad.Model` (draws are reported on the constrained scale
+        under the parameter names) or ``logdensity_fn(position) -> scalar`` over a
+        pytree of float arrays (then ``init`` is required).
+    init : pytree, dict, callable or None
+        Starting point. For a Model: None (uniform on (-2, 2) in every unconstrained
+        coordinate, per chain, Stan's default), a dict of constrained values, or a flat
+        unconstrained vector. For a plain log-density: a position pytree, or a callable
+        ``init(key) -> position`` drawn per chain. One position is used by every chain
+        unless ``init_per_chain=True``, when leaves carry a leading chain axis.
+        A start with a non-finite log-density or gradient is redrawn (random inits)
+        or jittered by U(-1, 1) (given inits), up to 100 times, then
+        :class:`InitializationError` names the chain, parameter and value.
+    num_chains, num_warmup, num_samples : int
+        Chains, warmup steps per chain, and draws kept per chain.
+    seed : int or jax.random.key
+        Same seed and settings give bitwise identical draws.
+    kernel : {"nuts", "hmc", "mala"}
+        ``"hmc"`` uses ``num_integration_steps`` leapfrog steps; ``"mala"`` is HMC with
+        one step (the preconditioned MALA proposal).
+    target_accept : float
+        Step-size adaptation target in (0, 1).
+    max_treedepth : int
+        NUTS's maximum number of trajectory doublings.
+    chain_method : {"vectorized", "parallel", "sequential"}
+        ``"vectorized"``: one program, chains batched with ``vmap``. ``"parallel"``:
+        chains sharded over JAX devices with ``shard_map`` (GPUs, or CPU devices made
+        with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``); uses the largest
+        device count that divides ``num_chains``. ``"sequential"``: one chain at a time
+        (one compile, least memory).
+    progress_bar : bool or None
+        None: on when stderr is a terminal and the ``CI`` environment variable is unset.
+    checkpoint : str or path, optional
+        Directory to write draws to, ``checkpoint_every`` draws at a time. A run that
+        finds its own checkpoint there resumes after the last complete chunk and ends
+        with the draws an uninterrupted run gives; the warmup is saved too.
+    checkpoint_every : int
+        Draws per chunk when checkpointing.
+    init_per_chain : bool
+        ``init`` has a leading chain axis.
+    num_integration_steps : int
+        Leapfrog steps per HMC proposal (``kernel="hmc"`` only).
+    dense_mass : bool
+        Adapt a dense mass matrix instead of a diagonal one.
+    solver_stats : bool
+        Record inner-solver statistics at every draw (``solver_converged``,
+        ``solver_steps``, ``solver_residual``): one extra, batched evaluation of the
+        log-density per draw, after the chains have run.
+    warn : bool
+        Issue :class:`~mcmc_customgrad.SamplingWarning` for every failed post-run check
+        (see :func:`~mcmc_customgrad.diagnose`).
+
+    Returns
+    -------
+    arviz.InferenceData
+        ``posterior``; ``sample_stats`` (``diverging``, ``energy``, ``lp``,
+        ``acceptance_rate``, ``step_size``, ``n_steps``, ``tree_depth``,
+        ``reached_max_treedepth``, ``solver_failure`` and, with ``solver_stats``, the
+        ``solver_*`` statistics at each draw); ``log_likelihood`` when the model has
+        one; ``attrs`` with the seed, the settings, timings, gradient-evaluation counts
+        and library versions.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import mcmc_customgrad as mcg
+    >>> idata = mcg.sample(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2), num_chains=2,
+    ...                    num_warmup=200, num_samples=200, seed=1, warn=False)
+    >>> idata.posterior["x"].shape
+    (2, 200, 2)
+    >>> bool(abs(float(idata.posterior["x"].mean())) < 0.2)
+    True
+    """
+    _check_settings(
+        kernel,
+        chain_method,
+        target_accept,
+        num_chains,
+        num_warmup,
+        num_samples,
+        max_treedepth,
+        num_integration_steps,
+        progress_bar,
+        checkpoint_every,
+    )
+    settings = Settings(
+        kernel=kernel,
+        target_accept=float(target_accept),
+        max_treedepth=int(max_treedepth),
+        num_integration_steps=int(num_integration_steps),
+        dense_mass=bool(dense_mass),
+        num_warmup=int(num_warmup),
+    )
+    num_chains, num_samples = int(num_chains), int(num_samples)
+    key, seed_attr = _root_key(seed)
+    target = _Target(model_or_logdensity, init, init_per_chain, num_chains)
+    chains = ChainMap(chain_method, num_chains)
+    if chain_method == "parallel" and chains.num_devices == 1 and num_chains > 1:
+        warnings.warn(
+            f"sample: chain_method='parallel' found {len(jax.devices())} JAX device(s) that "
+            f"can share {num_chains} chains evenly, so the chains run vectorized on one. On "
+            "CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N before importing jax.",
+            SamplingWarning,
+            stacklevel=2,
+        )
+    progress = Progress(num_samples, num_chains, progress_enabled(progress_bar))
+    timings = {}
+
+    # ---- initial points
+    start = time.perf_counter()
+    k_init, k_warm, k_draw = jax.random.split(key, 3)
+    positions, init_lp = _initial_positions(target, k_init)
+    timings["init_seconds"] = time.perf_counter() - start
+
+    store = None
+    if checkpoint is not None:
+        meta = {
+            "seed": seed_attr,
+            "num_chains": num_chains,
+            "chain_method": chain_method,
+            "settings": settings.__dict__,
+            "layout": _describe(target.template),
+            "init_sha256": _sha256(positions),
+            "init_lp": [repr(float(v)) for v in np.asarray(init_lp)],
+        }
+        store = Checkpoint(checkpoint, meta)
+
+    # ---- warmup
+    warm_keys = jax.random.split(k_warm, num_chains)
+    saved = store.load_warmup() if store is not None else None
+    state_def = jax.tree.structure(
+        jax.eval_shape(lambda p: blackjax.nuts.init(p, target.logdensity), target.template)
+    )
+    if saved is None:
+        progress.message(f"warmup: {num_warmup} steps x {num_chains} chains ...")
+        run_warmup, seconds = chains.compile(
+            "warmup",
+            (target.logdensity, settings),
+            warmup_fn(target.logdensity, settings),
+            (True, True),
+            (warm_keys, positions),
+        )
+        start = time.perf_counter()
+        state, step_size, imm, warm_info = jax.block_until_ready(run_warmup(warm_keys, positions))
+        timings["warmup_compile_seconds"] = seconds
+        timings["warmup_seconds"] = time.perf_counter() - start
+        warm = {
+            "step_size": np.asarray(step_size),
+            "inverse_mass_matrix": np.asarray(imm),
+            "n_steps": np.asarray(warm_info.n_steps),
+            "diverging": np.asarray(warm_info.diverging),
+            "nonfinite": np.asarray(warm_info.nonfinite),
+            **{f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))},
+        }
+        if store is not None:
+            store.save_warmup(warm)
+    else:
+        warm = saved
+        timings["warmup_compile_seconds"] = timings["warmup_seconds"] = 0.0
+    state = state_def.unflatten(
+        [jnp.asarray(warm[f"state_{i}"]) for i in range(state_def.num_leaves)]
+    )
+    step_size = jnp.asarray(warm["step_size"])
+    imm = jnp.asarray(warm["inverse_mass_matrix"])
+
+    # ---- draws, chunk by chunk
+    if store is not None:
+        chunk_len = min(int(checkpoint_every), num_samples)
+    elif progress.enabled:
+        chunk_len = max(1, -(-num_samples // 20))
+    else:
+        chunk_len = num_samples
+    draw_keys = jax.random.split(k_draw, num_chains)
+    tables = [] if store is None else store.load_chunks()
+    done = int(tables[-1]["stop"]) if tables else 0
+    resumed_draws = done
+    if tables:
+        last = tables[-1]
+        state = state_def.unflatten(
+            [jnp.asarray(last[f"state_{i}"]) for i in range(state_def.num_leaves)]
+        )
+    model = target.model
+    to_posterior = model.to_constrained if model is not None else _Names(target.names)
+    draw_pass = _draw_pass(target.logdensity, to_posterior, target.log_likelihood, solver_stats)
+
+    run_chunk = None
+    timings["compile_seconds"] = 0.0
+    timings["sampling_seconds"] = 0.0
+    timings["draw_stats_seconds"] = 0.0
+    progress.update(min(done, num_samples), *_tally(tables))
+    while done < num_samples:
+        count = min(chunk_len, num_samples - done)
+        args = (state, step_size, imm, draw_keys, jnp.int32(done), jnp.int32(count))
+        if run_chunk is None:
+            run_chunk, seconds = chains.compile(
+                "draws",
+                (target.logdensity, settings, chunk_len),
+                draws_fn(target.logdensity, settings, chunk_len),
+                (True, True, True, True, False, False),
+                args,
+            )
+            timings["compile_seconds"] += seconds
+        start = time.perf_counter()
+        state, records = jax.block_until_ready(run_chunk(*args))
+        timings["sampling_seconds"] += time.perf_counter() - start
+        start = time.perf_counter()
+        table = _table(records, count, draw_pass, num_chains)
+        timings["draw_stats_seconds"] += time.perf_counter() - start
+        table["start"], table["stop"] = np.int64(done), np.int64(done + count)
+        table.update({f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))})
+        if store is not None:
+            store.save_chunk(len(tables), table)
+        tables.append(table)
+        done += count
+        progress.update(done, *_tally(tables))
+
+    idata = _assemble(
+        tables, num_samples, np.asarray(warm["step_size"]), settings, target, solver_stats
+    )
+    n_grad_warm = int(np.asarray(warm["n_steps"]).sum())
+    attrs = {
+        "inference_library": "blackjax",
+        "inference_library_version": blackjax.__version__,
+        "mcmc_customgrad_version": _version(),
+        "jax_version": jax.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "seed": str(seed_attr),
+        "num_chains": num_chains,
+        "num_warmup": settings.num_warmup,
+        "num_samples": num_samples,
+        "kernel": kernel,
+        "target_accept": settings.target_accept,
+        "max_treedepth": settings.max_treedepth,
+        "num_integration_steps": settings.num_integration_steps if kernel == "hmc" else 0,
+        "dense_mass": int(settings.dense_mass),
+        "chain_method": chain_method,
+        "num_devices": chains.num_devices,
+        "num_grad_evals_warmup": n_grad_warm,
+        "num_grad_evals": int(idata.sample_stats["n_steps"].values.sum()),
+        "num_warmup_divergences": int(np.asarray(warm["diverging"]).sum()),
+        "num_warmup_solver_failures": int(np.asarray(warm["nonfinite"]).sum()),
+        "resumed_draws": resumed_draws,
+        **{k: float(v) for k, v in timings.items()},
+    }
+    for group in idata.groups():
+        idata[group].attrs.update(attrs)
+    if warn:
+        for problem in diagnose(idata):
+            warnings.warn(problem.message, SamplingWarning, stacklevel=2)
+    return idata
+
+
+def _tally(tables):
+    div = sum(int((t["stat__diverging"] & ~t["stat__solver_failure"]).sum()) for t in tables)
+    fail = sum(int(t["stat__solver_failure"].sum()) for t in tables)
+    return div, fail
+
+
+def _sha256(tree) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
+def _version():
+    from .. import __version__
+
+    return __version__
+
+
+def _table(records: Record, count: int, draw_pass, num_chains) -> dict:
+    """One chunk's records -> flat dict of ``(chain, count, ...)`` NumPy arrays."""
+    positions = jax.tree.map(lambda x: np.asarray(x)[:, :count], records.position)
+    table = {f"position__{i}": x for i, x in enumerate(jax.tree.leaves(positions))}
+    table["stat__lp"] = np.asarray(records.lp)[:, :count]
+    t = records.transition
+    for name in TRANSITION_STATS:
+        table[f"stat__{name}"] = np.asarray(getattr(t, name))[:, :count]
+    table["stat__solver_failure"] = np.asarray(t.nonfinite)[:, :count]
+    flat = jax.tree.map(lambda x: x.reshape((num_chains * count, *x.shape[2:])), positions)
+    extra = jax.device_get(draw_pass(flat))
+    for group, values in extra.items():
+        for name, v in values.items() if isinstance(values, dict) else [("", values)]:
+            v = np.asarray(v)
+            table[f"{group}__{name}"] = v.reshape((num_chains, count, *v.shape[1:]))
+    return table
+
+
+def _assemble(tables, num_samples, step_size, settings, target, solver_stats):
+    """Concatenate chunks (cut to ``num_samples``) into InferenceData."""
+
+    def column(key):
+        return np.concatenate([t[key] for t in tables], axis=1)[:, :num_samples]
+
+    keys = tables[0].keys()
+    posterior = {k.split("__", 1)[1]: column(k) for k in keys if k.startswith("posterior__")}
+    stats = {
+        "lp": column("stat__lp"),
+        "diverging": column("stat__diverging"),
+        "energy": column("stat__energy"),
+        "acceptance_rate": column("stat__acceptance_rate"),
+        "n_steps": column("stat__n_steps"),
+        "solver_failure": column("stat__solver_failure"),
+    }
+    num_chains = stats["lp"].shape[0]
+    stats["step_size"] = np.broadcast_to(step_size[:, None], stats["lp"].shape).copy()
+    if settings.kernel == "nuts":
+        depth = column("stat__tree_depth")
+        stats["tree_depth"] = depth
+        stats["reached_max_treedepth"] = depth >= settings.max_treedepth
+    if solver_stats:
+        solves = column("solver__num_solves")
+        if solves.any() or column("solver__num_hidden").any():
+            stats["solver_converged"] = column("solver__converged")
+            stats["solver_steps"] = column("solver__num_steps")
+            stats["solver_residual"] = column("solver__residual_norm")
+    log_likelihood = None
+    if target.log_likelihood is not None:
+        log_likelihood = {"obs": column("log_likelihood__")}
+    del num_chains
+    return _arviz.to_inference_data(posterior, stats, log_likelihood)
