@@ -29,7 +29,8 @@ _CACHE_SIZE = 64
 
 
 def _avals(args):
-    return jax.tree.map(lambda x: (np.shape(x), jnp.result_type(x)), args)
+    leaves, treedef = jax.tree.flatten(args)
+    return treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves)
 
 
 def _counted(name, fn):

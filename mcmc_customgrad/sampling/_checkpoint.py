@@ -59,7 +59,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def _read_npz(path: Path) -> dict:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     except Exception as err:  # zipfile, CRC, pickle refusal: all mean "not ours"
         raise CheckpointError(

@@ -1,0 +1,280 @@
+"""mcg.sample: output, reproducibility, compilation reuse, inits, failures, kernels, checks."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.stats import norm
+
+import mcmc_customgrad as mcg
+from mcmc_customgrad.diagnostics import load, save
+from mcmc_customgrad.sampling._chains import TRACES
+
+# One model object for the whole module: compiled programs are cached per model.
+EXAMPLE = mcg.models.conjugate(d=2)
+SMALL = dict(num_chains=2, num_warmup=100, num_samples=60, seed=7, warn=False)
+STANDARD_STATS = {
+    "diverging",
+    "energy",
+    "lp",
+    "acceptance_rate",
+    "step_size",
+    "n_steps",
+    "tree_depth",
+    "reached_max_treedepth",
+}
+
+
+@pytest.fixture(scope="module")
+def run():
+    return mcg.sample(EXAMPLE.model, **SMALL)
+
+
+def test_inference_data_has_the_standard_groups_names_and_attrs(run):
+    assert run.posterior["x"].shape == (2, 60, 2)
+    stats = set(run.sample_stats.data_vars)
+    assert STANDARD_STATS | {"solver_failure", "solver_converged", "solver_steps"} <= stats
+    assert run.sample_stats["diverging"].dtype == bool
+    assert bool(run.sample_stats["solver_converged"].all())
+    assert int(run.sample_stats["solver_steps"].min()) > 0
+    assert np.all(run.sample_stats["n_steps"] >= 1)
+    np.testing.assert_array_equal(
+        run.sample_stats["reached_max_treedepth"], run.sample_stats["tree_depth"] >= 10
+    )
+    attrs = run.posterior.attrs
+    for key in ("seed", "kernel", "jax_version", "inference_library_version", "num_grad_evals"):
+        assert key in attrs
+    assert attrs["seed"] == "7" and attrs["num_samples"] == 60
+    assert attrs["num_grad_evals"] == int(run.sample_stats["n_steps"].sum())
+    assert attrs["num_grad_evals_warmup"] > 0
+
+
+def test_lp_is_the_log_density_of_the_draws(run):
+    # The stored lp is the unconstrained log-density at the reported draw.
+    x = jnp.asarray(run.posterior["x"].values[1, 5])
+    lp = float(run.sample_stats["lp"].values[1, 5])
+    assert lp == pytest.approx(float(EXAMPLE.model.logdensity(x)), rel=1e-12)
+
+
+def test_same_seed_is_bitwise_identical_and_second_call_does_not_retrace(run):
+    before = dict(TRACES)
+    again = mcg.sample(EXAMPLE.model, **SMALL)
+    assert dict(TRACES) == before  # compiled programs were reused, nothing was retraced
+    np.testing.assert_array_equal(run.posterior["x"].values, again.posterior["x"].values)
+    other = mcg.sample(EXAMPLE.model, **{**SMALL, "seed": 8})
+    assert not np.array_equal(run.posterior["x"].values, other.posterior["x"].values)
+
+
+def test_netcdf_round_trip(run, tmp_path):
+    path = save(run, tmp_path / "run.nc")
+    back = load(path)
+    np.testing.assert_array_equal(back.posterior["x"].values, run.posterior["x"].values)
+    for name in run.sample_stats.data_vars:
+        np.testing.assert_array_equal(back.sample_stats[name].values, run.sample_stats[name].values)
+    assert back.posterior.attrs["kernel"] == "nuts"
+
+
+def test_model_draws_are_on_the_constrained_scale_with_log_likelihood():
+    def logdensity(p):
+        return norm.logpdf(p["mu"]) + jnp.sum(norm.logpdf(DATA, p["mu"], p["sigma"]))
+
+    def log_likelihood(p):
+        return norm.logpdf(DATA, p["mu"], p["sigma"])
+
+    spec = {"mu": mcg.real(), "sigma": mcg.positive()}
+    model = mcg.Model(logdensity, spec, log_likelihood_fn=log_likelihood)
+    idata = mcg.sample(model, **SMALL)
+    assert float(idata.posterior["sigma"].min()) > 0
+    assert idata.log_likelihood["obs"].shape == (2, 60, DATA.size)
+    # No inner solve: no solver statistics, but the failure count is always there.
+    assert "solver_steps" not in idata.sample_stats
+    assert int(idata.sample_stats["solver_failure"].sum()) == 0
+
+
+DATA = jnp.array([0.3, -1.2, 0.8, 2.1, 0.0])
+
+
+def _gauss(x):
+    return -0.5 * jnp.sum(x["a"] ** 2) - 0.5 * jnp.sum((x["b"] - 1.0) ** 2)
+
+
+def test_plain_logdensity_with_a_pytree_init():
+    init = {"a": jnp.zeros(3), "b": jnp.array(0.5)}
+    idata = mcg.sample(_gauss, init, **SMALL)
+    assert idata.posterior["a"].shape == (2, 60, 3)
+    assert idata.posterior["b"].shape == (2, 60)
+    # Stacked per-chain starts and a callable init give the same layout.
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x + 0.1]), init)
+    per_chain = mcg.sample(_gauss, stacked, init_per_chain=True, **SMALL)
+    assert per_chain.posterior["a"].shape == (2, 60, 3)
+
+    def draw(key):
+        return {"a": jax.random.normal(key, (3,)), "b": jnp.array(1.0)}
+
+    assert mcg.sample(_gauss, draw, **SMALL).posterior["b"].shape == (2, 60)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+        ({"num_chains": 2.5}, "num_chains"),
+        ({"kernel": "gibbs"}, "unknown kernel 'gibbs'"),
+        ({"chain_method": "threads"}, "unknown chain_method 'threads'"),
+        ({"target_accept": 1.0}, "target_accept must lie in"),
+        ({"progress_bar": "yes"}, "progress_bar"),
+    ],
+)
+def test_bad_settings_are_rejected_before_compiling(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mcg.sample(EXAMPLE.model, **{**SMALL, **kwargs})
+
+
+def test_bad_targets_and_inits_are_rejected_before_compiling():
+    with pytest.raises(ValueError, match="must return a real scalar"):
+        mcg.sample(lambda x: x**2, jnp.zeros(3), **SMALL)
+    with pytest.raises(ValueError, match="needs init"):
+        mcg.sample(lambda x: -jnp.sum(x**2), **SMALL)
+    with pytest.raises(TypeError, match="expected an mcg.Model or a callable"):
+        mcg.sample("conjugate", **SMALL)
+    with pytest.raises(ValueError, match="flat unconstrained vector of shape"):
+        mcg.sample(EXAMPLE.model, jnp.zeros(3), **SMALL)
+    with pytest.raises(ValueError, match="leading axis of length num_chains=2"):
+        mcg.sample(_gauss, {"a": jnp.zeros(3), "b": jnp.zeros(3)}, init_per_chain=True, **SMALL)
+    with pytest.raises(TypeError, match="float arrays"):
+        mcg.sample(lambda x: -jnp.sum(x**2), jnp.zeros(3, int), **SMALL)
+    with pytest.raises(TypeError, match="seed"):
+        mcg.sample(EXAMPLE.model, **{**SMALL, "seed": 1.5})
+
+
+def _half_line(x):
+    # Finite only for x > 0; log(0) = -inf at the start x = 0.
+    return jnp.sum(jnp.log(x) - x)
+
+
+def test_a_bad_start_is_jittered_until_finite():
+    idata = mcg.sample(_half_line, jnp.zeros(1), **SMALL)
+    assert float(idata.posterior["x"].min()) > 0
+
+
+def test_a_hopeless_start_names_the_chain_parameter_and_value():
+    def far(x):
+        return jnp.where(x[1] > 5.0, -jnp.sum((x - 6.0) ** 2), -jnp.inf)
+
+    with pytest.raises(mcg.InitializationError, match=r"chain 0: .* log-density is -inf.*x\[0\]"):
+        mcg.sample(far, jnp.zeros(2), **SMALL)
+
+
+def _truncated(x):
+    # sqrt(1 - x) by Newton's root: no root for x > 1, so the solve fails there and the
+    # core returns NaN. The posterior is N(0, 1) truncated to x < 1.
+    y = mcg.root(lambda y, a: y**2 - a, jnp.array(1.0), 1.0 - x[0])
+    return norm.logpdf(x[0]) + 0.0 * y
+
+
+def test_failed_inner_solves_are_rejected_counted_and_warned():
+    with pytest.warns(mcg.SamplingWarning, match="inner solves failed in"):
+        idata = mcg.sample(
+            _truncated, jnp.zeros(1), num_chains=2, num_warmup=300, num_samples=1000, seed=3
+        )
+    x = idata.posterior["x"].values
+    assert x.max() < 1.0  # no draw beyond the failure boundary
+    failures = idata.sample_stats["solver_failure"].values
+    assert failures.sum() > 0
+    assert idata.posterior.attrs["num_warmup_solver_failures"] > 0
+    # Truncated normal mean: -phi(1) / Phi(1) = -0.2876, within 5 MC standard errors.
+    ess = float(mcg.diagnostics._arviz.ess(idata)["x[0]"])
+    mean, sd = float(x.mean()), float(x.std())
+    assert abs(mean + 0.287600) < 5 * sd / np.sqrt(ess)
+    # The failures are not reported as divergences.
+    problems = {d.name for d in mcg.diagnose(idata)}
+    assert "solver_failures" in problems and "divergences" not in problems
+
+
+@pytest.mark.parametrize("kernel", ["hmc", "mala"])
+def test_hmc_and_mala_kernels(kernel):
+    idata = mcg.sample(_gauss, {"a": jnp.zeros(3), "b": jnp.array(0.0)}, kernel=kernel, **SMALL)
+    steps = idata.sample_stats["n_steps"].values
+    assert np.all(steps == (16 if kernel == "hmc" else 1))
+    assert "tree_depth" not in idata.sample_stats
+    assert idata.posterior.attrs["kernel"] == kernel
+
+
+def test_sequential_chains_run_one_at_a_time_with_the_same_keys(run):
+    seq = mcg.sample(EXAMPLE.model, chain_method="sequential", **SMALL)
+    assert seq.posterior["x"].shape == run.posterior["x"].shape
+    # Same keys and starts: the first transitions agree with the vectorized run until
+    # floating-point differences (different programs) are amplified by accept/reject.
+    np.testing.assert_allclose(
+        seq.posterior["x"].values[:, 0], run.posterior["x"].values[:, 0], rtol=1e-6
+    )
+
+
+def test_post_run_warnings_name_the_problem_and_the_remedy():
+    with pytest.warns(mcg.SamplingWarning) as record:
+        mcg.sample(EXAMPLE.model, **{**SMALL, "warn": True, "num_samples": 20})
+    text = " ".join(str(w.message) for w in record)
+    assert "effective sample size is below 100 per chain" in text
+    assert "Draw more samples" in text
+
+
+def test_progress_bar_writes_to_stderr_only_when_asked(capsys, monkeypatch):
+    mcg.sample(EXAMPLE.model, **{**SMALL, "progress_bar": True})
+    err = capsys.readouterr().err
+    assert "sampling [" in err and "60/60 draws" in err
+    monkeypatch.setenv("CI", "1")
+    mcg.sample(EXAMPLE.model, **SMALL)
+    assert capsys.readouterr().err == ""
+
+
+PARALLEL = textwrap.dedent(
+    """
+    import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import mcmc_customgrad as mcg
+    assert len(jax.devices()) == 4, jax.devices()
+    ex = mcg.models.conjugate(d=2)
+    kw = dict(num_chains=4, num_warmup=100, num_samples=50, seed=7, warn=False)
+    par = mcg.sample(ex.model, chain_method="parallel", **kw)
+    vec = mcg.sample(ex.model, **kw)
+    assert par.posterior.attrs["num_devices"] == 4
+    shards = {d.id for d in jax.devices()}
+    assert par.posterior["x"].shape == (4, 50, 2)
+    np.testing.assert_allclose(par.posterior["x"].values[:, 0], vec.posterior["x"].values[:, 0],
+                               rtol=1e-6)
+    print("ok", float(par.posterior["x"].mean()))
+    """
+)
+
+
+def test_parallel_chains_shard_over_four_cpu_devices():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PARALLEL], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")
+
+
+def test_parallel_with_one_device_warns_and_runs_vectorized():
+    with pytest.warns(mcg.SamplingWarning, match="run vectorized"):
+        idata = mcg.sample(EXAMPLE.model, chain_method="parallel", **SMALL)
+    assert idata.posterior.attrs["num_devices"] == 1
+
+
+def test_reference_and_custom_posteriors_agree():
+    kw = dict(num_chains=4, num_warmup=300, num_samples=500, seed=11, warn=False)
+    custom = mcg.sample(EXAMPLE.model, **kw)
+    reference = mcg.sample(EXAMPLE.reference, **kw)
+    ess = mcg.diagnostics._arviz.ess
+    for i in range(2):
+        a, b = custom.posterior["x"].values[..., i], reference.posterior["x"].values[..., i]
+        se = np.hypot(
+            a.std() / np.sqrt(ess(custom)[f"x[{i}]"]), b.std() / np.sqrt(ess(reference)[f"x[{i}]"])
+        )
+        assert abs(a.mean() - b.mean()) < 4 * se
