@@ -111,7 +111,12 @@ class ChainMap:
         elif self.method == "parallel":
 
             def call(*args):
-                return compiled(*self._place(args, batched))
+                out = compiled(*self._place(args, batched))
+                if jax.process_count() > 1:  # multi-host: every process gets all chains
+                    from jax.experimental import multihost_utils
+
+                    out = multihost_utils.process_allgather(out, tiled=True)
+                return out
 
         else:
             call = compiled
