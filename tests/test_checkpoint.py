@@ -118,7 +118,7 @@ def test_loading_never_unpickles_and_damage_is_reported(tmp_path):
         mcg.sample(MODEL, checkpoint=path, **{**KW, "num_samples": 20})
     # A truncated chunk is reported, not silently dropped.
     evil.write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(mcg.CheckpointError, match="chunk_000001.npz cannot be read"):
+    with pytest.raises(mcg.CheckpointError, match=r"chunk_000001\.npz cannot be read"):
         mcg.sample(MODEL, checkpoint=path, **{**KW, "num_samples": 20})
     assert zipfile.is_zipfile(path / "chunk_000000.npz")
     # A gap in the chunk sequence means the directory was edited.

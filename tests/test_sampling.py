@@ -140,7 +140,7 @@ def test_bad_targets_and_inits_are_rejected_before_compiling():
         mcg.sample(lambda x: x**2, jnp.zeros(3), **SMALL)
     with pytest.raises(ValueError, match="needs init"):
         mcg.sample(lambda x: -jnp.sum(x**2), **SMALL)
-    with pytest.raises(TypeError, match="expected an mcg.Model or a callable"):
+    with pytest.raises(TypeError, match=r"expected an mcg\.Model or a callable"):
         mcg.sample("conjugate", **SMALL)
     with pytest.raises(ValueError, match="flat unconstrained vector of shape"):
         mcg.sample(EXAMPLE.model, jnp.zeros(3), **SMALL)
