@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import models, stable
+from .caches import clear_caches
 from .diagnostics import Diagnostic, SamplingWarning, diagnose
 from .implicit import (
     SolverError,
@@ -61,6 +62,7 @@ __all__ = [
     "SamplingWarning",
     "InitializationError",
     "CheckpointError",
+    "clear_caches",
     "models",
     "stable",
     "__version__",

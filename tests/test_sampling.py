@@ -278,3 +278,22 @@ def test_reference_and_custom_posteriors_agree():
             a.std() / np.sqrt(ess(custom)[f"x[{i}]"]), b.std() / np.sqrt(ess(reference)[f"x[{i}]"])
         )
         assert abs(a.mean() - b.mean()) < 4 * se
+
+
+def _maps():
+    with open(f"/proc/{os.getpid()}/maps") as f:
+        return sum(1 for _ in f)
+
+
+def test_clear_caches_releases_the_compiled_programs():
+    from mcmc_customgrad.sampling import _chains
+
+    mcg.clear_caches()
+    before = _maps()
+    mcg.sample(_gauss, {"a": jnp.zeros(2), "b": jnp.array(0.0)}, **SMALL)
+    held = _maps()
+    assert held > before + 100  # machine code of the sampler programs
+    assert 0 < len(_chains._CACHE) <= _chains._CACHE_SIZE
+    mcg.clear_caches()
+    assert len(_chains._CACHE) == 0
+    assert _maps() < held - 100

@@ -25,7 +25,8 @@ CHAIN_METHODS = ("vectorized", "parallel", "sequential")
 TRACES: collections.Counter = collections.Counter()
 
 _CACHE: collections.OrderedDict = collections.OrderedDict()
-_CACHE_SIZE = 64
+# Each entry holds ~1,000 memory mappings of machine code (see mcmc_customgrad.caches).
+_CACHE_SIZE = 16
 
 
 def _avals(args):
