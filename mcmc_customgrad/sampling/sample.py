@@ -652,7 +652,6 @@ def _assemble(tables, num_samples, step_size, settings, target, solver_stats):
         "n_steps": column("stat__n_steps"),
         "solver_failure": column("stat__solver_failure"),
     }
-    num_chains = stats["lp"].shape[0]
     stats["step_size"] = np.broadcast_to(step_size[:, None], stats["lp"].shape).copy()
     if settings.kernel == "nuts":
         depth = column("stat__tree_depth")
@@ -667,5 +666,4 @@ def _assemble(tables, num_samples, step_size, settings, target, solver_stats):
     log_likelihood = None
     if target.log_likelihood is not None:
         log_likelihood = {"obs": column("log_likelihood__")}
-    del num_chains
     return _arviz.to_inference_data(posterior, stats, log_likelihood)
