@@ -209,7 +209,7 @@ def demo(out=None, quick: bool = False) -> bool:
     """The README's main job: check the seed derivatives, then sample and compare.
 
     Prints the seed derivatives against their closed forms, then samples the seed-000
-    conjugate density (inner L-BFGS, cold start ``y0 = 0``) and its closed-form
+    conjugate density (inner Newton solve, cold start ``y0 = 0``) and its closed-form
     reference with NUTS, 4 chains each, and prints both summaries side by side with the
     z-score of the difference of means (Monte Carlo standard errors of both runs).
 

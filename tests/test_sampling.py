@@ -205,13 +205,18 @@ def test_hmc_and_mala_kernels(kernel):
     assert idata.posterior.attrs["kernel"] == kernel
 
 
-def test_sequential_chains_run_one_at_a_time_with_the_same_keys(run):
-    seq = mcg.sample(EXAMPLE.model, chain_method="sequential", **SMALL)
-    assert seq.posterior["x"].shape == run.posterior["x"].shape
-    # Same keys and starts: the first transitions agree with the vectorized run until
-    # floating-point differences (different programs) are amplified by accept/reject.
+def test_sequential_chains_run_one_at_a_time_with_the_same_keys():
+    # Same keys and starts: the sequential and the vectorized programs agree up to
+    # rounding (they are different programs: batched and unbatched code may round the
+    # last bit differently), which accept/reject and step-size adaptation amplify over
+    # the warmup: after 100 warmup steps the first draws differ by ~1e-7 even on the
+    # closed form, after 10 by ~1e-14. A short warmup keeps the comparison tight.
+    short = dict(SMALL, num_warmup=10)
+    vec = mcg.sample(EXAMPLE.model, **short)
+    seq = mcg.sample(EXAMPLE.model, chain_method="sequential", **short)
+    assert seq.posterior["x"].shape == vec.posterior["x"].shape
     np.testing.assert_allclose(
-        seq.posterior["x"].values[:, 0], run.posterior["x"].values[:, 0], rtol=1e-6
+        seq.posterior["x"].values[:, :10], vec.posterior["x"].values[:, :10], rtol=0, atol=1e-10
     )
 
 
@@ -239,14 +244,15 @@ PARALLEL = textwrap.dedent(
     import mcmc_customgrad as mcg
     assert len(jax.devices()) == 4, jax.devices()
     ex = mcg.models.conjugate(d=2)
-    kw = dict(num_chains=4, num_warmup=100, num_samples=50, seed=7, warn=False)
+    # Short warmup: the sharded and the vmapped programs round differently in the last
+    # bit, which adaptation amplifies (see the sequential test above).
+    kw = dict(num_chains=4, num_warmup=10, num_samples=50, seed=7, warn=False)
     par = mcg.sample(ex.model, chain_method="parallel", **kw)
     vec = mcg.sample(ex.model, **kw)
     assert par.posterior.attrs["num_devices"] == 4
-    shards = {d.id for d in jax.devices()}
     assert par.posterior["x"].shape == (4, 50, 2)
-    np.testing.assert_allclose(par.posterior["x"].values[:, 0], vec.posterior["x"].values[:, 0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(par.posterior["x"].values[:, :10], vec.posterior["x"].values[:, :10],
+                               rtol=0, atol=1e-10)
     print("ok", float(par.posterior["x"].mean()))
     """
 )

@@ -156,11 +156,73 @@ def test_anderson_accelerates_a_slow_contraction():
 
 
 def test_defaults_switch_with_size():
-    assert mcg.solvers.default_solver("argmin", 1) == mcg.solvers.LBFGS()
+    limit = mcg.solvers.ARGMIN_NEWTON_LIMIT
+    assert mcg.solvers.default_solver("argmin", 1) == mcg.solvers.Newton()
+    assert mcg.solvers.default_solver("argmin", limit) == mcg.solvers.Newton()
+    assert mcg.solvers.default_solver("argmin", limit + 1) == mcg.solvers.LBFGS()
+    assert mcg.solvers.default_solver("argmin", 2, second_order=False) == mcg.solvers.LBFGS()
     assert mcg.solvers.default_solver("argmin", 10_000) == mcg.solvers.LBFGS()
     assert mcg.solvers.default_solver("fixed_point", 500) == mcg.solvers.Newton()
     assert mcg.solvers.default_solver("fixed_point", 501) == mcg.solvers.Anderson()
     assert mcg.solvers.default_solver("root", 10_000) == mcg.solvers.Newton()
+
+
+def _square_by_host():
+    # y**2 whose backward pass runs on the host: gradients work, second derivatives
+    # (forward mode over that pass) do not.
+    @jax.custom_vjp
+    def square(y):
+        return y**2
+
+    def bwd(y, ct):
+        shape = jax.ShapeDtypeStruct(y.shape, y.dtype)
+        grad = jax.pure_callback(lambda y, c: 2 * np.asarray(y) * np.asarray(c), shape, y, ct)
+        return (grad,)
+
+    square.defvjp(lambda y: (y**2, y), bwd)
+    return square
+
+
+def test_default_minimiser_needs_only_gradients_when_hessian_cannot_be_traced():
+    from mcmc_customgrad.implicit.root import resolve
+
+    square = _square_by_host()
+
+    def host_objective(y, x):
+        return jnp.sum(square(y) - x * y)
+
+    def plain_objective(y, x):
+        return jnp.sum(y**2 - x * y)
+
+    x = jnp.array([1.0, 2.0])
+    for fun, expected in (
+        (host_objective, mcg.solvers.LBFGS()),
+        (plain_objective, mcg.solvers.Newton()),
+    ):
+        solver = resolve("argmin", "test", fun, jnp.zeros(2), (x,), None, None, False, "nan")[1]
+        assert solver == expected
+        # min_y |y|^2 - x.y = -|x|^2/4, gradient -x/2, whichever solver runs.
+        np.testing.assert_allclose(
+            jax.grad(lambda x, f=fun: mcg.min_value(f, jnp.zeros(2), x))(x), -x / 2
+        )
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 12, 13, 20])
+def test_newton_spd_solve(n):
+    from mcmc_customgrad.implicit.newton import ELIMINATION_LIMIT, _spd_solve
+
+    assert ELIMINATION_LIMIT == 12  # n = 13 and 20 take the Cholesky path
+    rng = np.random.default_rng(n)
+    m = rng.normal(size=(n, n))
+    spd = m @ m.T + 0.1 * np.eye(n)
+    b = rng.normal(size=n)
+    np.testing.assert_allclose(
+        jax.jit(_spd_solve)(spd, b), np.linalg.solve(spd, b), rtol=1e-9, atol=1e-12
+    )
+    # Not positive definite: NaN, as from a failed Cholesky, so Newton falls back to a
+    # gradient step instead of following a direction towards a saddle.
+    indefinite = spd - (np.linalg.eigvalsh(spd)[0] + 1.0) * np.eye(n)
+    assert np.all(np.isnan(jax.jit(_spd_solve)(indefinite, b)))
 
 
 def test_large_default_minimisation_lbfgs_and_cg():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import weakref
 from functools import partial
 
 import jax
@@ -191,6 +192,31 @@ def _build_problem(kind, jaxpr, out_tree, y0):
     )
 
 
+_SECOND_ORDER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _twice_differentiable(problem, y0_flat, params) -> bool:
+    """Whether JAX can form the Hessian of a minimum's objective (forward over reverse).
+
+    Decided once per cached :class:`Problem` by tracing ``jax.hessian`` abstractly (no
+    computation). It fails for objectives whose derivative rules call host callbacks or
+    other code without a forward-mode rule; the default solver is then L-BFGS, which needs gradients
+    only.
+    """
+    known = _SECOND_ORDER.get(problem)
+    if known is None:
+        shapes = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), (y0_flat, params)
+        )
+        try:
+            jax.eval_shape(jax.hessian(problem.objective), *shapes)
+            known = True
+        except Exception:  # any failure to trace second derivatives: gradients only
+            known = False
+        _SECOND_ORDER[problem] = known
+    return known
+
+
 def safe_linearisation(on_failure, y, info, y0, params_dot):
     """Where to linearise a rule, and the tangents to push through it.
 
@@ -348,7 +374,9 @@ def resolve(kind, where, fun, y0, args, solver, linear_solver, full_output, on_f
     """Validate everything and return ``(problem, solver, linear_solver, y0_flat, params)``."""
     check_options(where, full_output, on_failure)
     problem, y0_flat, params = prepare(kind, where, fun, y0, args)
-    solver = resolve_solver(solver, kind, problem.n, where)
+    solver = resolve_solver(
+        solver, kind, problem.n, where, lambda: _twice_differentiable(problem, y0_flat, params)
+    )
     linear_solver = resolve_linear_solver(linear_solver, problem.n, problem.symmetric, where)
     return problem, solver, linear_solver, y0_flat, params
 

@@ -4,10 +4,11 @@
 solver                 problems                        use it for
 =====================  =============================  =====================================
 ``Newton``             root, fixed_point, argmin       roots (default), small fixed points
-                                                       (default up to 500 unknowns), minima
-                                                       with awkward curvature
+                                                       (default up to 500 unknowns), small
+                                                       minima (default up to 32 unknowns)
 ``BFGS``               argmin                          moderate size, no Hessian
-``LBFGS``              argmin                          minima (the default)
+``LBFGS``              argmin                          minima (default above 32 unknowns,
+                                                       or without second derivatives)
 ``FixedPointIteration`` fixed_point                    contractions, Newton-type maps
 ``Anderson``           fixed_point                     large fixed points (default above 500)
 ``Chandrupatla``       root, fixed_point (element-     scalar equations with a bracket
@@ -26,6 +27,8 @@ Examples
 >>> mcg.solvers.Newton(max_steps=50)
 Newton(rtol=None, atol=None, max_steps=50)
 >>> mcg.solvers.default_solver("argmin", n=10)
+Newton(rtol=None, atol=None, max_steps=100)
+>>> mcg.solvers.default_solver("argmin", n=100)
 LBFGS(rtol=None, atol=None, max_steps=2000, memory=10)
 """
 
@@ -55,37 +58,54 @@ __all__ = [
     "default_solver",
     "resolve_solver",
     "NEWTON_LIMIT",
+    "ARGMIN_NEWTON_LIMIT",
 ]
 
 #: Up to this many unknowns the default for fixed points is Newton.
 NEWTON_LIMIT = 500
 
 
-def default_solver(kind: str, n: int) -> Solver:
+#: Up to this many unknowns the default for minima is Newton, above it L-BFGS.
+ARGMIN_NEWTON_LIMIT = 32
+
+
+def default_solver(kind: str, n: int, *, second_order: bool = True) -> Solver:
     """The solver used when ``solver=None``, for a problem of ``kind`` with ``n`` unknowns.
 
-    Newton for roots; L-BFGS for minima (``O(n)`` per step: on CPU a dense ``n x n``
-    factorisation costs about 30 µs at ``n = 100``, more than L-BFGS's whole step, so it
-    wins from a handful of unknowns up; see ``docs/benchmarks.md``); for fixed points
-    Newton up to ``NEWTON_LIMIT`` unknowns and Anderson above.
+    Newton for roots. For minima, Newton up to ``ARGMIN_NEWTON_LIMIT`` unknowns and
+    L-BFGS above: inside a sampler's vectorized chains Newton's few iterations (6 to 8
+    from a cold start, against L-BFGS's 17 to 23) outweigh its Hessian and linear solve
+    up to about 30 unknowns, while from about 50 the dense ``n x n`` work per step loses
+    to L-BFGS's ``O(n)`` step (measured in ``benchmarks/bench_sampling.py``, table in
+    ``docs/benchmarks.md``). ``second_order=False`` (an objective JAX cannot
+    differentiate twice, such as one calling a ``custom_vjp`` function whose backward
+    pass runs a host callback) always gives L-BFGS, which needs gradients only; the library checks
+    this itself when ``solver=None``. For fixed points Newton up to ``NEWTON_LIMIT``
+    unknowns and Anderson above.
 
     Examples
     --------
     >>> import mcmc_customgrad as mcg
     >>> mcg.solvers.default_solver("root", n=3)
     Newton(rtol=None, atol=None, max_steps=100)
+    >>> mcg.solvers.default_solver("argmin", n=3, second_order=False)
+    LBFGS(rtol=None, atol=None, max_steps=2000, memory=10)
     """
     if kind == "argmin":
-        return LBFGS()
+        return Newton() if n <= ARGMIN_NEWTON_LIMIT and second_order else LBFGS()
     if kind == "root" or n <= NEWTON_LIMIT:
         return Newton()
     return Anderson()
 
 
-def resolve_solver(solver, kind: str, n: int, where: str) -> Solver:
-    """Turn the user's ``solver=`` into a :class:`Solver` that can solve ``kind``."""
+def resolve_solver(solver, kind: str, n: int, where: str, second_order=lambda: True) -> Solver:
+    """Turn the user's ``solver=`` into a :class:`Solver` that can solve ``kind``.
+
+    ``second_order()`` is asked only when the default for a small minimum depends on it.
+    """
     if solver is None:
-        return default_solver(kind, n)
+        small_min = kind == "argmin" and n <= ARGMIN_NEWTON_LIMIT
+        return default_solver(kind, n, second_order=second_order() if small_min else True)
     if isinstance(solver, type) and issubclass(solver, Solver):
         raise TypeError(
             f"{where}: solver must be an instance, e.g. {solver.__name__}(), not the class."

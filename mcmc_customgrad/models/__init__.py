@@ -7,7 +7,7 @@ with a hand-derived derivative), both on the same parameters and layout.
 ================  ======================================  ===================================
 model             inner solve                             reference
 ================  ======================================  ===================================
-``conjugate``     ``min_value`` (L-BFGS), seed 000        ``|x|^q / q``
+``conjugate``     ``min_value`` (Newton), seed 000        ``|x|^q / q``
 ``kepler``        ``root`` (Newton), Kepler's equation    hand-derived ``dE/dM``, ``dE/de``
 ``equilibrium``   ``fixed_point`` (Newton's sqrt map)     ``sqrt(a)``
 ``ridge``         ``argmin`` (ridge fit), bilevel         ``(X'X + lam I)^{-1} X'y``

@@ -33,7 +33,7 @@ def conjugate(d: int = 1, p: float = 3.0, seed: int = 0, solver=None) -> Example
     seed : int
         Unused (no data to simulate).
     solver : Solver, optional
-        Inner solver (default: the library's, L-BFGS).
+        Inner solver (default: the library's, Newton at this size).
 
     Returns
     -------
