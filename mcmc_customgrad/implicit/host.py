@@ -186,6 +186,7 @@ class _ScipyMinimize:
     method: str
     tol: float
     options: tuple[tuple[str, Any], ...]
+    polish: int = 3
     __name__ = "scipy.optimize.minimize"
 
     _NEEDS_HESSIAN = ("newton-cg", "dogleg", "trust-ncg", "trust-krylov", "trust-exact")
@@ -207,7 +208,31 @@ class _ScipyMinimize:
         )
         # BFGS reports "precision loss" (success=False) at tight tolerances even when the
         # gradient is tiny, so SciPy's flag is not used: the residual check decides.
-        return res.x, _Steps(res.nit)
+        y, polished = _newton_polish(problem, np.asarray(res.x, dtype=float), self.polish)
+        return y, _Steps(res.nit + polished)
+
+
+def _newton_polish(problem: HostProblem, y, max_steps: int):
+    """Newton steps on the gradient, each kept only while it shrinks ``|grad|``.
+
+    Returns the point and the number of steps kept.
+    """
+    g = np.asarray(problem.grad(y), dtype=float)
+    norm = np.linalg.norm(g)
+    for k in range(max_steps):
+        if not norm > 0:  # exactly stationary, or not finite: nothing to polish
+            return y, k
+        try:
+            step = np.linalg.solve(np.asarray(problem.hessian(y), dtype=float), -g)
+        except np.linalg.LinAlgError:
+            return y, k
+        y_new = y + step
+        g_new = np.asarray(problem.grad(y_new), dtype=float)
+        norm_new = np.linalg.norm(g_new)
+        if not norm_new < norm:  # also rejects NaN
+            return y, k
+        y, g, norm = y_new, g_new, norm_new
+    return y, max_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +277,9 @@ def scipy_root(method: str = "hybr", tol: float = 1e-13, rtol=None, atol=None, *
     return Host(_ScipyRoot(method, tol, _freeze(options)), rtol=rtol, atol=atol)
 
 
-def scipy_minimize(method: str = "BFGS", tol: float = 1e-12, rtol=None, atol=None, **options):
+def scipy_minimize(
+    method: str = "BFGS", tol: float = 1e-12, rtol=None, atol=None, *, polish: int = 3, **options
+):
     """A :class:`Host` solver calling :func:`scipy.optimize.minimize` with exact derivatives.
 
     Parameters
@@ -264,6 +291,15 @@ def scipy_minimize(method: str = "BFGS", tol: float = 1e-12, rtol=None, atol=Non
         SciPy's tolerance.
     rtol, atol : float, optional
         Tolerances of the residual (gradient) check in JAX.
+    polish : int
+        After SciPy returns, up to this many Newton steps on the gradient with the exact
+        Hessian (in NumPy), each kept only while it shrinks the gradient norm; 0 turns it
+        off. SciPy's line searches compare objective values, which stop changing (below
+        ``eps |f|``) once ``|grad|^2`` does, so its quasi-Newton methods end with "precision
+        loss" near ``|grad| ~ 1e-9``, short of the ``1e-10`` residual check: BFGS does so
+        at 3 of 20 random starts of ``mcg.models.host_conjugate`` without polishing, at
+        none with it. A Newton step on the gradient needs no objective values and
+        converges quadratically from there.
     **options
         Passed to SciPy as ``options``.
 
@@ -278,4 +314,6 @@ def scipy_minimize(method: str = "BFGS", tol: float = 1e-12, rtol=None, atol=Non
     0.560491
     """
     validate_tolerance(tol, "tol", "scipy_minimize")
-    return Host(_ScipyMinimize(method, tol, _freeze(options)), rtol=rtol, atol=atol)
+    if isinstance(polish, bool) or not isinstance(polish, int) or polish < 0:
+        raise ValueError(f"scipy_minimize: polish must be an int >= 0, got {polish!r}.")
+    return Host(_ScipyMinimize(method, tol, _freeze(options), polish), rtol=rtol, atol=atol)
