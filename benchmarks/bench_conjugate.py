@@ -8,8 +8,8 @@ from the seed's cold start y0 = 0, with the inner tolerance 1e-10:
 
 - closed form: f written out (the reference);
 - mcg.min_value with L-BFGS stopped at |grad| <= 1e-10 absolute (the seed's gtol: the
-  like-for-like row), with its defaults (L-BFGS, |grad| <= 1e-10 (1 + |f|)), and with
-  damped Newton;
+  like-for-like row), with its defaults (damped Newton up to 32 unknowns, L-BFGS above;
+  |grad| <= 1e-10 (1 + |f|)), and with damped Newton;
 - seed 000's recipe: jax.scipy.optimize.minimize (BFGS, gtol 1e-10) + a hand custom_jvp
   whose derivative is the argmin;
 - Optimistix: optx.minimise with BFGS(rtol=atol=1e-10) and ImplicitAdjoint, the value
@@ -56,7 +56,7 @@ def f_closed(x):
 
 
 def f_mcg(x):
-    return -mcg.min_value(inner, jnp.zeros_like(x), x)  # default solver: L-BFGS
+    return -mcg.min_value(inner, jnp.zeros_like(x), x)  # default: Newton (d <= 32), else L-BFGS
 
 
 ABSOLUTE = mcg.solvers.LBFGS(rtol=0.0, atol=TOL)  # |grad| <= 1e-10, as the seed's gtol

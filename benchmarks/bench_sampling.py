@@ -8,7 +8,8 @@ process, float64, with the same settings (4 chains, 1000 warmup steps, 1000 draw
 ``--quick``: 200/200) and the same seeds:
 
 - conjugate d = 10 (seed 000's density ``sum N(x_i) + N(f(x))``): the closed form (the
-  reference); ``mcg.models.conjugate`` as is (cold start ``y0 = 0``); seed 000's recipe
+  reference); ``mcg.models.conjugate`` as is (cold start ``y0 = 0``, the default inner
+  solver, damped Newton at this size) and with ``solver=LBFGS()``; seed 000's recipe
   (``jax.scipy.optimize.minimize`` BFGS, gtol 1e-10, and a hand ``custom_jvp`` whose
   derivative is the argmin); and ``mcg.min_value`` started at ``y0 = x``, a function of
   the position alone, so the density stays a function of the position;
@@ -30,7 +31,13 @@ Reported, per configuration, over R repeats with seeds ``seed, seed + 1, ...``
 Separately: the cost of ``solver_stats=True`` on the default conjugate model (the extra
 per-draw solver-statistics pass, ``draw_stats_seconds``, and ESS/s with it counted; medians
 over the repeats after the first, whose pass compiles), and the time per draw of 4
-vectorized chains against 1 chain on the same model (medians). A throw-away run on a
+vectorized chains against 1 chain on the same model (medians).
+
+Last, the crossover that sets ``mcg.solvers.ARGMIN_NEWTON_LIMIT``: the sampler's time per
+gradient evaluation (4 vectorized chains, ``sampling_seconds / num_grad_evals`` per
+chain) of the conjugate at d = 2 ... 50 with Newton and with L-BFGS, one seed, 300
+warmup steps and 500 draws (``--quick``: d = 2, 10, 50 and 100 + 100;
+``--no-crossover`` skips it). A throw-away run on a
 standard normal first pays the process's one-off costs (imports, backend start-up) so
 that no configuration is charged for them.
 """
@@ -102,6 +109,9 @@ def conjugate_models():
     return {
         "reference (closed form)": example.reference,
         "mcg.min_value, y0 = 0": example.model,
+        "mcg.min_value, y0 = 0, L-BFGS": mcg.models.conjugate(
+            d=D, p=P, solver=mcg.solvers.LBFGS()
+        ).model,
         "seed 000 recipe (BFGS + custom_jvp)": mcg.Model(_density(f_seed), spec),
         "mcg.min_value, y0 = x": mcg.Model(_density(f_warm), spec),
     }
@@ -170,6 +180,48 @@ def warm_up_process():
     )
 
 
+def time_per_grad(model, seed, num_warmup, num_samples):
+    """Sampler seconds per gradient evaluation of 4 vectorized chains (all chains at once)."""
+    idata = mcg.sample(
+        model,
+        num_chains=4,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        seed=seed,
+        warn=False,
+        progress_bar=False,
+        solver_stats=False,
+    )
+    a = idata.posterior.attrs
+    return a["sampling_seconds"] / (a["num_grad_evals"] / 4)
+
+
+def crossover(quick, seed):
+    """Newton against L-BFGS as the inner solver of the conjugate, by dimension."""
+    dims = (2, 10, 50) if quick else (2, 5, 10, 20, 30, 50)
+    num_warmup, num_samples = (100, 100) if quick else (300, 500)
+    print()
+    print(
+        "Inner solver by dimension: conjugate, y0 = 0, sampler time per gradient "
+        f"evaluation of 4 vectorized chains (µs), {num_warmup} warmup + {num_samples} draws, "
+        f"seed {seed}; the default is Newton up to {mcg.solvers.ARGMIN_NEWTON_LIMIT} unknowns:"
+    )
+    print()
+    print("| d | closed form | Newton | L-BFGS | Newton / L-BFGS | default |")
+    print("|---|---|---|---|---|---|")
+    for d in dims:
+        t = [
+            time_per_grad(m, seed, num_warmup, num_samples) * 1e6
+            for m in (
+                mcg.models.conjugate(d=d, p=P).reference,
+                mcg.models.conjugate(d=d, p=P, solver=mcg.solvers.Newton()).model,
+                mcg.models.conjugate(d=d, p=P, solver=mcg.solvers.LBFGS()).model,
+            )
+        ]
+        default = type(mcg.solvers.default_solver("argmin", d)).__name__
+        print(f"| {d} | {t[0]:.1f} | {t[1]:.1f} | {t[2]:.1f} | {t[1] / t[2]:.2f} | {default} |")
+
+
 def mark(ok):
     return "yes" if ok else "**no**"
 
@@ -180,6 +232,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="seeds per configuration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--no-crossover", action="store_true", help="skip the solver table")
     args = parser.parse_args()
     num_warmup = num_samples = 200 if args.quick else 1000
     chains = args.chains
@@ -283,6 +336,8 @@ def main():
         f"({base['per_draw'] * 1e3:.2f} / {one['per_draw'] * 1e3:.2f} ms) | "
         f"{mark(chains_ratio <= TARGET_CHAINS_RATIO)} |"
     )
+    if not args.no_crossover:
+        crossover(args.quick, args.seed)
 
 
 if __name__ == "__main__":
