@@ -1,0 +1,782 @@
+"""Coupled chains: one kernel, one key sequence, two densities; the trajectories must coincide.
+
+Validation protocol, section 2. Blackjax's window adaptation is run once, on the reference
+density; then the same kernel (NUTS or HMC) with the same step size, mass matrix, start
+and per-transition keys runs on the custom density and on the reference. If the two
+densities have the same value and the same gradient, every leapfrog step, every U-turn
+decision and every Metropolis test is the same, so the two chains take identical paths,
+up to rounding that chaos amplifies only after many transitions. A wrong gradient shows
+up at the first transition, long before any statistic of the draws can see it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from ..logdensity import Model
+
+__all__ = ["CoupledReport", "coupled_chains"]
+
+KERNELS = ("nuts", "hmc")
+SD_SOURCES = ("mass_matrix", "reference")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass
+class CoupledReport:
+    """What :func:`coupled_chains` found: verdict, checks and both trajectories.
+
+    Attributes
+    ----------
+    passed : bool
+        Every check passed.
+    failures : list of str
+        One sentence per failed check: the statistic, its value, the threshold and the
+        first transition where the chains part.
+    rows : list of dict
+        One per check (``passed`` True/False) and per piece of context (``passed``
+        None): keys ``check``, ``parameter``, ``value``, ``threshold``, ``passed``.
+    positions, reference_positions : numpy.ndarray
+        ``(num_steps, dim)`` flat (unconstrained) positions after each transition, on the
+        custom density and on the reference.
+    num_integration_steps, reference_num_integration_steps : numpy.ndarray
+        ``(num_steps,)`` leapfrog steps per transition.
+    acceptance_rate, reference_acceptance_rate : numpy.ndarray
+        ``(num_steps,)`` Blackjax's acceptance statistic per transition.
+    diverging, reference_diverging : numpy.ndarray
+        ``(num_steps,)`` divergent transitions.
+    logdensity, reference_logdensity : numpy.ndarray
+        ``(num_steps,)`` each chain's log-density at its own position.
+    value_difference : numpy.ndarray
+        ``(num_steps,)`` custom minus reference log-density, both evaluated at the
+        reference chain's positions (a value bug shows here even where positions agree).
+    scaled_difference : numpy.ndarray
+        ``(num_steps,)`` ``max_i |x_i - x_ref_i| / sd_i`` after each transition.
+    sd : numpy.ndarray
+        ``(dim,)`` the posterior standard deviations the differences are scaled by.
+    sd_source : str
+        ``"mass_matrix"`` or ``"reference"`` (see :func:`coupled_chains`).
+    first_divergence : int or None
+        0-based index of the first transition whose step counts differ, whose positions
+        differ by more than ``position_tol`` sd, or where either position is not finite;
+        None when the chains never part.
+    step_agreement : float
+        Fraction of transitions with identical ``num_integration_steps``.
+    max_scaled_difference : float
+        Largest ``scaled_difference`` over the first ``num_compare`` transitions.
+    start : numpy.ndarray
+        The flat start both chains share.
+    step_size : float
+        The shared step size.
+    inverse_mass_matrix : numpy.ndarray
+        The shared inverse mass matrix (diagonal as a vector, or dense).
+    labels : list of str
+        One name per flat coordinate (``"x[0]"``).
+    kernel : str
+        ``"nuts"`` or ``"hmc"``.
+    num_compare : int
+        Transitions over which positions are compared.
+    min_step_agreement, position_tol : float
+        The thresholds used.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import jax.numpy as jnp
+    >>> from mcmc_customgrad.diagnostics.coupled import coupled_chains
+    >>> ref = lambda x: -0.5 * jnp.sum(x**2)
+    >>> report = coupled_chains(ref, ref, jnp.zeros(2), kernel="hmc", num_steps=10,
+    ...                         step_size=0.5, inverse_mass_matrix=jnp.ones(2))
+    >>> print(str(report).splitlines()[0])
+    PASSED 3 of 3 checks: coupled chains (hmc, 10 transitions, step size 0.5)
+    >>> report.positions.shape, float(report.scaled_difference.max())
+    ((10, 2), 0.0)
+    >>> print(report.table.splitlines()[2])
+    | identical num_integration_steps | all | 1 | >= 0.95 | ok |
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     os.path.getsize(report.plot(os.path.join(folder, "coupled.png"))) > 0
+    True
+    """
+
+    passed: bool
+    failures: list[str]
+    rows: list[dict]
+    positions: np.ndarray
+    reference_positions: np.ndarray
+    num_integration_steps: np.ndarray
+    reference_num_integration_steps: np.ndarray
+    acceptance_rate: np.ndarray
+    reference_acceptance_rate: np.ndarray
+    diverging: np.ndarray
+    reference_diverging: np.ndarray
+    logdensity: np.ndarray
+    reference_logdensity: np.ndarray
+    value_difference: np.ndarray
+    scaled_difference: np.ndarray
+    sd: np.ndarray
+    sd_source: str
+    first_divergence: int | None
+    step_agreement: float
+    max_scaled_difference: float
+    start: np.ndarray
+    step_size: float
+    inverse_mass_matrix: np.ndarray
+    labels: list[str] = field(default_factory=list)
+    kernel: str = "nuts"
+    num_compare: int = 20
+    min_step_agreement: float = 0.95
+    position_tol: float = 1e-6
+
+    @property
+    def num_checks(self) -> int:
+        """Number of pass/fail checks (rows whose ``passed`` is not None)."""
+        return sum(r["passed"] is not None for r in self.rows)
+
+    @property
+    def table(self) -> str:
+        """The rows as a Markdown table."""
+        lines = [
+            "| check | parameter | value | threshold | result |",
+            "|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            result = "info" if r["passed"] is None else ("ok" if r["passed"] else "FAIL")
+            check = r["check"].replace("|", "\\|")  # |x - x_ref| inside a table cell
+            lines.append(
+                f"| {check} | {r['parameter']} | {_fmt(r['value'])} | "
+                f"{r['threshold']} | {result} |"
+            )
+        return "\n".join(lines)
+
+    def _verdict(self) -> str:
+        m = self.num_checks
+        what = (
+            f"coupled chains ({self.kernel}, {len(self.num_integration_steps)} transitions, "
+            f"step size {self.step_size:.4g})"
+        )
+        if self.passed:
+            return f"PASSED {m} of {m} checks: {what}"
+        return f"FAILED: {len(self.failures)} of {m} checks failed: {what}"
+
+    def __str__(self) -> str:
+        parts = [self._verdict(), "", self.table]
+        if self.failures:
+            parts += ["", *(f"- {f}" for f in self.failures)]
+        return "\n".join(parts)
+
+    def to_markdown(self) -> str:
+        """A Markdown section: heading, verdict, table and failures."""
+        parts = ["## Coupled chains", "", f"**{self._verdict()}**", "", self.table]
+        if self.failures:
+            parts += ["", "Failures:", "", *(f"- {f}" for f in self.failures)]
+        return "\n".join(parts) + "\n"
+
+    def plot(self, path) -> str:
+        """Write a PNG: per-transition scaled difference (log scale) and both step counts.
+
+        Exact zeros (bitwise identical positions) are drawn at ``1e-17`` sd.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write the PNG.
+
+        Returns
+        -------
+        str
+            ``path``.
+        """
+        from matplotlib.figure import Figure
+
+        t = np.arange(len(self.scaled_difference))
+        floor = 1e-17
+        diff = np.where(np.isfinite(self.scaled_difference), self.scaled_difference, np.inf)
+        shown = np.clip(diff, floor, 1e300)
+        fig = Figure(figsize=(8, 5.5), layout="constrained")
+        top, bottom = fig.subplots(2, 1, sharex=True)
+        top.semilogy(t, shown, marker=".", lw=1, label="max |x - x_ref| / sd")
+        top.axhline(self.position_tol, color="tab:red", ls="--", lw=1, label="tolerance")
+        top.axvspan(-0.5, self.num_compare - 0.5, color="0.9", label="compared transitions")
+        bottom.step(t, self.reference_num_integration_steps, where="mid", label="reference")
+        bottom.step(t, self.num_integration_steps, where="mid", ls="--", label="custom density")
+        for ax in (top, bottom):
+            if self.first_divergence is not None:
+                ax.axvline(self.first_divergence, color="tab:orange", lw=1)
+        top.set_ylabel("scaled position difference")
+        top.set_title(self._verdict(), fontsize=9)
+        top.legend(fontsize=8, loc="best")
+        bottom.set_ylabel("leapfrog steps")
+        bottom.set_xlabel("transition")
+        bottom.legend(fontsize=8)
+        fig.savefig(path, dpi=100)
+        return str(path)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.3g}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"coupled_chains: {name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_fraction(name, value, low, high, closed_high=True):
+    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool)
+    ok = ok and low < value and (value <= high if closed_high else value < high)
+    if not ok:
+        bracket = "]" if closed_high else ")"
+        raise ValueError(
+            f"coupled_chains: {name} must lie in ({low}, {high}{bracket}, got {value!r}."
+        )
+    return float(value)
+
+
+def _key(seed):
+    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        if seed.shape != ():
+            raise ValueError(f"coupled_chains: seed must be one PRNG key, got shape {seed.shape}.")
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"coupled_chains: seed must be an int or a jax.random.key, got {seed!r}.")
+    return jax.random.key(int(seed))
+
+
+def _as_density(obj, which):
+    if isinstance(obj, Model):
+        return obj
+    if callable(obj):
+        return obj
+    raise TypeError(
+        f"coupled_chains: {which} must be an mcg.Model or a callable logdensity(position) -> "
+        f"scalar, got {type(obj).__name__}."
+    )
+
+
+def _labels_from_model(model):
+    return [
+        f"{n}[{','.join(map(str, i))}]" if c.shape else n
+        for n, c in model.constraints.items()
+        for i in np.ndindex(c.shape)
+    ]
+
+
+def _labels_from_tree(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    labels = []
+    for p, leaf in leaves:
+        name = jax.tree_util.keystr(p, simple=True, separator=".") or "x"
+        shape = np.shape(leaf)
+        labels += [f"{name}[{','.join(map(str, i))}]" if shape else name for i in np.ndindex(shape)]
+    return labels
+
+
+def _check_float_tree(tree):
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError("coupled_chains: init is empty; give a flat array or a pytree of floats.")
+    for leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if isinstance(leaf, float):
+            continue
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"coupled_chains: init must hold float arrays, got dtype {dtype}. "
+                "Write 0.0, not 0, or pass dtype=float."
+            )
+
+
+def _flat_start(model, init, key):
+    """The flat start and the unravel function: ``(x0, unravel, labels)``."""
+    if model is None:
+        if init is None:
+            raise ValueError(
+                "coupled_chains: with two plain log-density callables init is required: a "
+                "flat float array or a pytree of float arrays. An mcg.Model draws its own."
+            )
+        if isinstance(init, Model) or callable(init):
+            raise TypeError(
+                "coupled_chains: init must be a position (flat array or pytree of float "
+                f"arrays), got {type(init).__name__}."
+            )
+        _check_float_tree(init)
+        tree = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(float)), init)
+        flat, unravel = ravel_pytree(tree)
+        return flat, unravel, _labels_from_tree(tree)
+    labels = _labels_from_model(model)
+    if init is None:
+        from ..sampling.sample import _initial_positions, _Target
+
+        target = _Target(model, None, False, 1)
+        positions, _ = _initial_positions(target, key)
+        flat = positions[0]
+    elif isinstance(init, Mapping):
+        flat = model.to_unconstrained(init)
+    else:
+        _check_float_tree(init)
+        flat = jnp.asarray(init, dtype=jnp.result_type(float))
+        if flat.shape != (model.dim,):
+            raise ValueError(
+                f"coupled_chains: init for this model is a dict of constrained values or a flat "
+                f"unconstrained vector of shape ({model.dim},), got shape {flat.shape}."
+            )
+    return flat, None, labels
+
+
+def _flat_density(obj, unravel):
+    if isinstance(obj, Model):
+        return obj.logdensity
+    if unravel is None:
+        return obj
+    return lambda x: obj(unravel(x))
+
+
+def _check_scalar(fn, template, which):
+    try:
+        out = jax.eval_shape(fn, template)
+    except Exception as err:
+        raise ValueError(
+            f"coupled_chains: {which} cannot be evaluated at the start position "
+            f"(float64[{template.shape[0]}] flat): {type(err).__name__}: {err}. Do the two "
+            "densities take the same parameters?"
+        ) from err
+    if not (
+        isinstance(out, jax.ShapeDtypeStruct)
+        and out.shape == ()
+        and jnp.issubdtype(out.dtype, jnp.floating)
+    ):
+        shape = jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", out)
+        raise ValueError(
+            f"coupled_chains: {which} must return a real scalar, got {shape}. Sum the terms "
+            "(jnp.sum) before returning."
+        )
+
+
+def _algorithm(kernel, max_treedepth, num_integration_steps):
+    if kernel == "nuts":
+        return blackjax.nuts, {"max_num_doublings": max_treedepth}
+    return blackjax.hmc, {"num_integration_steps": num_integration_steps}
+
+
+def _run_fn(logdensity, algorithm, extra):
+    """``run(start, step_size, imm, keys) -> per-transition arrays``, one jit per density."""
+
+    def run(start, step_size, inverse_mass_matrix, keys):
+        kernel = algorithm(
+            logdensity, step_size=step_size, inverse_mass_matrix=inverse_mass_matrix, **extra
+        )
+
+        def one(state, key):
+            state, info = kernel.step(key, state)
+            return state, (
+                state.position,
+                jnp.asarray(info.num_integration_steps, jnp.int32),
+                jnp.asarray(info.acceptance_rate),
+                jnp.asarray(info.is_divergent, bool),
+                state.logdensity,
+            )
+
+        return lax.scan(one, kernel.init(start), keys)[1]
+
+    return jax.jit(run)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def coupled_chains(
+    logdensity,
+    reference_logdensity,
+    init=None,
+    *,
+    num_steps: int = 200,
+    num_warmup: int = 300,
+    num_compare: int = 20,
+    kernel: str = "nuts",
+    step_size=None,
+    inverse_mass_matrix=None,
+    seed=0,
+    target_accept: float = 0.8,
+    max_treedepth: int = 10,
+    num_integration_steps: int = 16,
+    dense_mass: bool = False,
+    sd: str = "mass_matrix",
+    min_step_agreement: float = 0.95,
+    position_tol: float = 1e-6,
+) -> CoupledReport:
+    """Run one kernel with one key sequence on two densities; check the paths coincide.
+
+    Blackjax's window adaptation (``blackjax.window_adaptation`` with the chosen kernel)
+    runs once, on ``reference_logdensity``, from ``init``; it fixes the step size, the
+    mass matrix and the shared start (the reference's last warmup position). Then
+    ``num_steps`` transitions of the same kernel, with the same per-transition keys, run
+    on each density (one ``jax.lax.scan``, one compilation per density). If the custom
+    density's value and gradient equal the reference's, both chains make the same
+    leapfrog steps and the same decisions. Checks:
+
+    - identical ``num_integration_steps`` in at least ``min_step_agreement`` (95%) of
+      the transitions (rounding differences of 1e-15, amplified by the chaotic
+      dynamics, may part the chains late in a long run);
+    - ``max |x - x_ref| / sd`` over the first ``num_compare`` transitions and every
+      coordinate at most ``position_tol`` (1e-6);
+    - the reference chain moved at least once (otherwise the comparison says nothing).
+
+    The report also names the first transition where the chains part and gives the
+    log-density differences along the path.
+
+    Parameters
+    ----------
+    logdensity, reference_logdensity : Model or callable
+        The density under test and the trusted one: each an
+        :class:`~mcmc_customgrad.Model` (its flat unconstrained ``Model.logdensity`` is
+        sampled) or ``logdensity(position) -> scalar``. A callable paired with a Model
+        receives the Model's flat unconstrained vector; two callables receive positions
+        shaped like ``init``.
+    init : array, pytree, dict or None
+        Start of the warmup. With a Model: None (a fixed-seed draw, uniform on (-2, 2)
+        per unconstrained coordinate and redrawn until finite, as in
+        :func:`~mcmc_customgrad.sample`), a dict of constrained values, or a flat
+        unconstrained vector. With two callables: a flat float array or a pytree of
+        float arrays (required).
+    num_steps : int
+        Transitions per chain after the warmup (default 200).
+    num_warmup : int
+        Window-adaptation steps on the reference (default 300); unused when
+        ``step_size`` and ``inverse_mass_matrix`` are given.
+    num_compare : int
+        Transitions over which positions must agree to ``position_tol`` (default 20;
+        at most ``num_steps``, smaller values are clipped to it).
+    kernel : {"nuts", "hmc"}
+        Blackjax kernel for the warmup and both chains.
+    step_size, inverse_mass_matrix : float and array, optional
+        Give both to skip the warmup; the chains then start at ``init``.
+    seed : int or jax.random.key
+        Fixes the start draw, the warmup and the per-transition keys.
+    target_accept : float
+        Step-size adaptation target in (0, 1).
+    max_treedepth : int
+        NUTS's maximum number of trajectory doublings.
+    num_integration_steps : int
+        Leapfrog steps per HMC transition (``kernel="hmc"``).
+    dense_mass : bool
+        Adapt a dense mass matrix instead of a diagonal one.
+    sd : {"mass_matrix", "reference"}
+        Posterior standard deviations that scale the position differences.
+        ``"mass_matrix"`` (default): the square root of the diagonal of the inverse mass
+        matrix, which window adaptation estimates as the posterior variance (1 when
+        ``num_warmup < 20``, where Blackjax adapts only the step size); it does not
+        depend on the chains being compared. ``"reference"``: the standard deviation of
+        the reference chain's ``num_steps`` positions, per coordinate (the mass-matrix
+        value where the chain did not move in a coordinate).
+    min_step_agreement : float
+        Fraction of transitions whose step counts must agree (default 0.95).
+    position_tol : float
+        Largest allowed position difference, in posterior sd (default 1e-6).
+
+    Returns
+    -------
+    CoupledReport
+        ``passed``, ``failures``, ``rows``, ``table``, both trajectories and
+        ``plot(path)``.
+
+    Raises
+    ------
+    ValueError
+        Settings out of range, an unknown kernel or ``sd``, two Models of different
+        dimension, a density that cannot be evaluated at the start or does not return a
+        real scalar, a reference log-density or gradient that is not finite at the start.
+    TypeError
+        A density that is neither a Model nor callable, a non-float ``init``.
+
+    Examples
+    --------
+    Two ways to write a standard normal couple exactly; a 5% error in the value does not
+    (HMC with a given step size and mass matrix, to keep the example fast; the default
+    adapts both with NUTS on the reference):
+
+    >>> import jax.numpy as jnp
+    >>> from mcmc_customgrad.diagnostics.coupled import coupled_chains
+    >>> ref = lambda x: -0.5 * jnp.sum(x**2)
+    >>> same = lambda x: -0.5 * jnp.dot(x, x)
+    >>> wrong = lambda x: -0.5 * jnp.sum(x**2) / 1.05
+    >>> options = dict(kernel="hmc", num_integration_steps=5, num_steps=30,
+    ...                step_size=0.5, inverse_mass_matrix=jnp.ones(2))
+    >>> report = coupled_chains(same, ref, jnp.zeros(2), **options)
+    >>> report.passed, report.first_divergence
+    (True, None)
+    >>> bad = coupled_chains(wrong, ref, jnp.zeros(2), **options)
+    >>> bad.passed, bad.first_divergence
+    (False, 0)
+    >>> print(str(bad).splitlines()[0])
+    FAILED: 1 of 3 checks failed: coupled chains (hmc, 30 transitions, step size 0.5)
+    """
+    num_steps = _check_int("num_steps", num_steps, 1)
+    num_compare = min(_check_int("num_compare", num_compare, 1), num_steps)
+    max_treedepth = _check_int("max_treedepth", max_treedepth, 1)
+    num_integration_steps = _check_int("num_integration_steps", num_integration_steps, 1)
+    if kernel not in KERNELS:
+        raise ValueError(f"coupled_chains: unknown kernel {kernel!r}; choose one of {KERNELS}.")
+    if sd not in SD_SOURCES:
+        raise ValueError(f"coupled_chains: unknown sd {sd!r}; choose one of {SD_SOURCES}.")
+    target_accept = _check_fraction("target_accept", target_accept, 0, 1, closed_high=False)
+    min_step_agreement = _check_fraction("min_step_agreement", min_step_agreement, 0, 1)
+    if isinstance(position_tol, bool) or not (
+        isinstance(position_tol, int | float | np.floating) and position_tol > 0
+    ):
+        raise ValueError(f"coupled_chains: position_tol must be > 0, got {position_tol!r}.")
+    adapt = step_size is None and inverse_mass_matrix is None
+    if (step_size is None) != (inverse_mass_matrix is None):
+        raise ValueError(
+            "coupled_chains: give both step_size and inverse_mass_matrix (to skip the warmup) "
+            "or neither (to adapt them on the reference)."
+        )
+    if adapt:
+        num_warmup = _check_int("num_warmup", num_warmup, 1)
+
+    custom = _as_density(logdensity, "logdensity")
+    reference = _as_density(reference_logdensity, "reference_logdensity")
+    models = [m for m in (reference, custom) if isinstance(m, Model)]
+    if len(models) == 2 and custom.dim != reference.dim:
+        raise ValueError(
+            f"coupled_chains: the two models have different dimensions ({custom.dim} for "
+            f"logdensity, {reference.dim} for reference_logdensity; parameters "
+            f"{list(custom.names)} and {list(reference.names)}). Compare a model with the "
+            "reference of the same parameters and layout."
+        )
+    key = _key(seed)
+    k_init, k_warm, k_draw = jax.random.split(key, 3)
+    model = models[0] if models else None
+    x0, unravel, labels = _flat_start(model, init, k_init)
+    dim = int(x0.shape[0])
+    f_custom = _flat_density(custom, unravel)
+    f_ref = _flat_density(reference, unravel)
+    template = jax.ShapeDtypeStruct((dim,), x0.dtype)
+    _check_scalar(f_ref, template, "reference_logdensity")
+    _check_scalar(f_custom, template, "logdensity")
+
+    lp0, g0 = jax.jit(jax.value_and_grad(f_ref))(x0)
+    if not (np.isfinite(float(lp0)) and np.all(np.isfinite(np.asarray(g0)))):
+        raise ValueError(
+            f"coupled_chains: the reference log-density at the start is {float(lp0)!r} with "
+            f"gradient {np.asarray(g0)!r}; give init a point where both are finite."
+        )
+
+    algorithm, extra = _algorithm(kernel, max_treedepth, num_integration_steps)
+    if adapt:
+        adaptation = blackjax.window_adaptation(
+            algorithm,
+            f_ref,
+            is_mass_matrix_diagonal=not dense_mass,
+            target_acceptance_rate=target_accept,
+            adaptation_info_fn=lambda state, info, adaptation_state: None,
+            **extra,
+        )
+        warm = jax.jit(lambda k, x: adaptation.run(k, x, num_warmup)[0])
+        state, params = warm(k_warm, x0)
+        start = state.position
+        step = jnp.asarray(params["step_size"])
+        imm = jnp.asarray(params["inverse_mass_matrix"])
+    else:
+        start = x0
+        step, imm = _given_parameters(step_size, inverse_mass_matrix, dim)
+
+    keys = jax.random.split(k_draw, num_steps)
+    ref_out = jax.device_get(_run_fn(f_ref, algorithm, extra)(start, step, imm, keys))
+    out = jax.device_get(_run_fn(f_custom, algorithm, extra)(start, step, imm, keys))
+    x_ref, n_ref, acc_ref, div_ref, lp_ref = (np.asarray(a) for a in ref_out)
+    x, n, acc, div, lp = (np.asarray(a) for a in out)
+    value_on_ref = np.asarray(jax.jit(jax.vmap(f_custom))(jnp.asarray(x_ref)))
+
+    imm_np = np.asarray(imm)
+    mass_sd = np.sqrt(np.diag(imm_np) if imm_np.ndim == 2 else imm_np)
+    if sd == "reference":
+        scale = np.std(x_ref, axis=0, ddof=1) if num_steps > 1 else np.zeros(dim)
+        scale = np.where(scale > 0, scale, mass_sd)
+    else:
+        scale = mass_sd
+
+    with np.errstate(invalid="ignore"):
+        per_coord = np.abs(x - x_ref) / scale
+    per_coord = np.where(np.isfinite(per_coord), per_coord, np.inf)
+    scaled = per_coord.max(axis=1)
+    same_steps = n == n_ref
+    parted = ~same_steps | (scaled > position_tol)
+    first = int(np.flatnonzero(parted)[0]) if parted.any() else None
+    agreement = float(same_steps.mean())
+    compared = per_coord[:num_compare]
+    worst_t, worst_i = np.unravel_index(int(np.argmax(compared)), compared.shape)
+    max_scaled = float(compared[worst_t, worst_i])
+    moved = np.any(np.abs(np.diff(np.vstack([np.asarray(start)[None], x_ref]), axis=0)) > 0, 1)
+    with np.errstate(invalid="ignore"):
+        value_diff = value_on_ref - lp_ref
+        lp_diff = lp - lp_ref
+
+    where = _describe_first(first, n, n_ref, scaled, labels, per_coord)
+    rows, failures = [], []
+
+    ok = agreement >= min_step_agreement
+    rows.append(
+        {
+            "check": "identical num_integration_steps",
+            "parameter": "all",
+            "value": agreement,
+            "threshold": f">= {min_step_agreement:g}",
+            "passed": ok,
+        }
+    )
+    if not ok:
+        failures.append(
+            f"num_integration_steps: identical in {agreement:.1%} of {num_steps} transitions "
+            f"({int((~same_steps).sum())} differ), below {min_step_agreement:.0%}; {where}."
+        )
+    ok = max_scaled <= position_tol
+    rows.append(
+        {
+            "check": f"max |x - x_ref| / sd, first {num_compare} transitions",
+            "parameter": labels[worst_i],
+            "value": max_scaled,
+            "threshold": f"<= {position_tol:g}",
+            "passed": ok,
+        }
+    )
+    if not ok:
+        failures.append(
+            f"{labels[worst_i]}: |x - x_ref| / sd reaches {max_scaled:.3g} at transition "
+            f"{worst_t} (within the first {num_compare}), above {position_tol:g}; {where}."
+        )
+    frac_moved = float(moved.mean())
+    ok = frac_moved > 0
+    rows.append(
+        {
+            "check": "reference chain moved",
+            "parameter": "all",
+            "value": frac_moved,
+            "threshold": "> 0",
+            "passed": ok,
+        }
+    )
+    if not ok:
+        failures.append(
+            f"reference chain: never moved in {num_steps} transitions (step size "
+            f"{float(step):.3g}), so the comparison says nothing; give a start inside the "
+            "typical set or a longer warmup."
+        )
+    rows += [
+        {
+            "check": "first diverging transition",
+            "parameter": "-"
+            if first is None or scaled[first] <= position_tol
+            else labels[int(np.argmax(per_coord[first]))],
+            "value": "none" if first is None else first,
+            "threshold": "-",
+            "passed": None,
+        },
+        {
+            "check": "max |logp - logp_ref| at the reference positions",
+            "parameter": "-",
+            "value": _max_abs(value_diff),
+            "threshold": "-",
+            "passed": None,
+        },
+        {
+            "check": f"max |logp - logp_ref| along both paths, first {num_compare} transitions",
+            "parameter": "-",
+            "value": _max_abs(lp_diff[:num_compare]),
+            "threshold": "-",
+            "passed": None,
+        },
+        {
+            "check": "step size",
+            "parameter": "-",
+            "value": float(step),
+            "threshold": "-",
+            "passed": None,
+        },
+    ]
+    return CoupledReport(
+        passed=not failures,
+        failures=failures,
+        rows=rows,
+        positions=x,
+        reference_positions=x_ref,
+        num_integration_steps=n,
+        reference_num_integration_steps=n_ref,
+        acceptance_rate=acc,
+        reference_acceptance_rate=acc_ref,
+        diverging=div,
+        reference_diverging=div_ref,
+        logdensity=lp,
+        reference_logdensity=lp_ref,
+        value_difference=value_diff,
+        scaled_difference=scaled,
+        sd=scale,
+        sd_source=sd,
+        first_divergence=first,
+        step_agreement=agreement,
+        max_scaled_difference=max_scaled,
+        start=np.asarray(start),
+        step_size=float(step),
+        inverse_mass_matrix=imm_np,
+        labels=labels,
+        kernel=kernel,
+        num_compare=num_compare,
+        min_step_agreement=min_step_agreement,
+        position_tol=float(position_tol),
+    )
+
+
+def _given_parameters(step_size, inverse_mass_matrix, dim):
+    try:
+        step = float(step_size)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"coupled_chains: step_size must be a positive float, got {step_size!r}."
+        ) from err
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"coupled_chains: step_size must be a positive float, got {step_size!r}.")
+    imm = np.asarray(inverse_mass_matrix, dtype=float)
+    if imm.shape not in ((dim,), (dim, dim)):
+        raise ValueError(
+            f"coupled_chains: inverse_mass_matrix must have shape ({dim},) (diagonal) or "
+            f"({dim}, {dim}) (dense) for this {dim}-dimensional density, got {imm.shape}."
+        )
+    diag = np.diag(imm) if imm.ndim == 2 else imm
+    if not (np.all(np.isfinite(imm)) and np.all(diag > 0)):
+        raise ValueError(
+            "coupled_chains: inverse_mass_matrix must be finite with a positive diagonal."
+        )
+    return jnp.asarray(step), jnp.asarray(imm)
+
+
+def _max_abs(values) -> float:
+    """Largest ``|value|``, a NaN (one side finite, the other not) counting as infinite."""
+    values = np.asarray(values)
+    return float(np.max(np.where(np.isnan(values), np.inf, np.abs(values))))
+
+
+def _describe_first(first, n, n_ref, scaled, labels, per_coord) -> str:
+    if first is None:
+        return "the chains never part"
+    if n[first] != n_ref[first]:
+        what = f"{int(n[first])} vs {int(n_ref[first])} leapfrog steps"
+    else:
+        i = int(np.argmax(per_coord[first]))
+        what = f"{labels[i]} differs by {scaled[first]:.3g} sd"
+    return f"first diverging transition: {first} ({what})"
