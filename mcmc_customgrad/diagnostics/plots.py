@@ -1,0 +1,246 @@
+"""Figures of a chain comparison, drawn with ArviZ (through ``_arviz``) and matplotlib.
+
+Plots use matplotlib's object API (:class:`matplotlib.figure.Figure`), never ``pyplot``,
+so they neither need a display nor change the global backend. Each function writes one
+PNG file and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import _arviz
+
+__all__ = [
+    "comparison_figures",
+    "plot_densities",
+    "plot_efficiency",
+    "plot_ranks",
+    "plot_traces",
+]
+
+COLORS = ("C0", "C1")  # custom, reference
+DPI = 100
+
+
+def _grid(k, ncols=3):
+    ncols = max(1, min(ncols, k))
+    return math.ceil(k / ncols), ncols
+
+
+def _hide_unused(axes, used):
+    for ax in np.ravel(axes)[used:]:
+        ax.set_visible(False)
+
+
+def _note(k, total):
+    return f" (first {k} of {total} parameters)" if k < total else ""
+
+
+def plot_densities(custom, reference, labels, path, *, names=("custom", "reference"), total=None):
+    """Overlaid marginal densities of ``(chain, draw, k)`` draws, one panel per label.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from mcmc_customgrad.diagnostics.plots import plot_densities
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(2, 2, 200, 1))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = plot_densities(a, b, ["x"], pathlib.Path(tmp) / "d.png")
+    ...     path.read_bytes()[1:4]
+    b'PNG'
+    """
+    k = len(labels)
+    nrows, ncols = _grid(k)
+    fig = Figure(figsize=(3.6 * ncols, 2.6 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for j, (ax, label) in enumerate(zip(axes, labels, strict=False)):
+        for draws, name, color in zip((custom, reference), names, COLORS, strict=True):
+            _arviz.plot_kde(ax, draws[..., j], label=name if j == 0 else None, color=color)
+        ax.set_title(label)
+        ax.set_yticks([])
+    _hide_unused(axes, k)
+    fig.suptitle(
+        f"Marginal densities: {names[0]} (blue) against {names[1]} (orange)" + _note(k, total or k)
+    )
+    fig.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+def _pooled(custom, reference, labels):
+    n = min(custom.shape[1], reference.shape[1])
+    both = np.concatenate([custom[:, :n], reference[:, :n]])
+    colors = [COLORS[0]] * custom.shape[0] + [COLORS[1]] * reference.shape[0]
+    return {label: both[..., j] for j, label in enumerate(labels)}, colors
+
+
+def _chains_note(custom, reference, names):
+    a, b = custom.shape[0], reference.shape[0]
+    return f"chains 0-{a - 1}: {names[0]} (blue), {a}-{a + b - 1}: {names[1]} (orange)"
+
+
+def plot_ranks(custom, reference, labels, path, *, names=("custom", "reference")):
+    """ArviZ rank plots of the pooled chains (custom then reference), one panel per label.
+
+    Ranks are taken over both sides together, so a chain whose histogram is not flat
+    samples a different distribution from the others.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from mcmc_customgrad.diagnostics.plots import plot_ranks
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(2, 2, 200, 1))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = plot_ranks(a, b, ["x"], pathlib.Path(tmp) / "r.png")
+    ...     path.read_bytes()[1:4]
+    b'PNG'
+    """
+    columns, colors = _pooled(custom, reference, labels)
+    k = len(labels)
+    nrows, ncols = _grid(k, ncols=2)
+    chains = len(colors)
+    fig = Figure(figsize=(5.0 * ncols, (1.2 + 0.25 * chains) * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    _arviz.plot_rank(axes[:k], columns, colors=colors)
+    _hide_unused(axes, k)
+    fig.suptitle("Rank plots of the pooled chains; " + _chains_note(custom, reference, names))
+    fig.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+def plot_traces(custom, reference, labels, path, *, names=("custom", "reference")):
+    """ArviZ trace plots (per-chain densities and draws) of the pooled chains.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from mcmc_customgrad.diagnostics.plots import plot_traces
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(2, 2, 200, 1))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = plot_traces(a, b, ["x"], pathlib.Path(tmp) / "t.png")
+    ...     path.read_bytes()[1:4]
+    b'PNG'
+    """
+    columns, colors = _pooled(custom, reference, labels)
+    k = len(labels)
+    fig = Figure(figsize=(11.0, 2.2 * k + 0.6), layout="constrained")
+    axes = fig.subplots(k, 2, squeeze=False)
+    _arviz.plot_trace(axes, columns, colors=colors)
+    fig.suptitle("Trace plots; " + _chains_note(custom, reference, names))
+    fig.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+def plot_efficiency(report, path, *, max_panels=12):
+    """Bars of bulk and tail ESS per parameter and of the efficiency ratios of a report.
+
+    ``report`` is a :class:`~mcmc_customgrad.diagnostics.compare.ComparisonReport`; the
+    right panel shows custom/reference ratios of step size, ESS per gradient evaluation
+    and ESS per second (where both runs recorded them) against the protocol's bounds.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad.diagnostics.compare import compare_chains
+    >>> from mcmc_customgrad.diagnostics.plots import plot_efficiency
+    >>> rng = np.random.default_rng(0)
+    >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(4, 500))}, {})
+    >>> report = compare_chains(run(), run(), min_draws=500)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = plot_efficiency(report, pathlib.Path(tmp) / "e.png")
+    ...     path.read_bytes()[1:4]
+    b'PNG'
+    """
+    names = report.names
+    rows = report.rows[:max_panels]
+    fig = Figure(figsize=(12.0, 4.0), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(2, 1))
+    x = np.arange(len(rows))
+    width = 0.2
+    bars = (
+        ("ess_bulk_custom", f"bulk {names[0]}", COLORS[0], 1.0),
+        ("ess_bulk_reference", f"bulk {names[1]}", COLORS[1], 1.0),
+        ("ess_tail_custom", f"tail {names[0]}", COLORS[0], 0.5),
+        ("ess_tail_reference", f"tail {names[1]}", COLORS[1], 0.5),
+    )
+    for i, (key, label, color, alpha) in enumerate(bars):
+        left.bar(
+            x + (i - 1.5) * width,
+            [r[key] for r in rows],
+            width,
+            label=label,
+            color=color,
+            alpha=alpha,
+        )
+    left.axhline(report.settings["min_ess"], color="k", ls="--", lw=1, label="required")
+    left.set_xticks(x, [r["parameter"] for r in rows], rotation=45 if len(rows) > 6 else 0)
+    left.set_ylabel("effective sample size")
+    left.set_title("ESS per parameter" + _note(len(rows), len(report.rows)))
+    left.legend(fontsize="small", ncols=3)
+
+    wanted = {"step_size": "step size", "ess_per_grad": "ESS / grad", "ess_per_second": "ESS / s"}
+    ratios = [(wanted[e["key"]], e["ratio"]) for e in report.efficiency if e["key"] in wanted]
+    shown = [(name, r) for name, r in ratios if r is not None and np.isfinite(r)]
+    if shown:
+        right.bar([n for n, _ in shown], [r for _, r in shown], color=COLORS[0])
+        right.axhline(1.0, color="k", lw=1)
+        right.axhline(0.8, color="r", ls="--", lw=1, label="0.8 (protocol's lower bound)")
+        right.legend(fontsize="small")
+    else:
+        right.text(
+            0.5,
+            0.5,
+            "no step size, gradient\ncounts or timings recorded",
+            ha="center",
+            transform=right.transAxes,
+        )
+        right.set_xticks([])
+        right.set_yticks([])
+    right.set_title(f"{names[0]} / {names[1]}")
+    fig.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+def comparison_figures(custom, reference, labels, report, out_dir, *, max_panels=12):
+    """All four figures of a comparison in ``out_dir``; returns their paths.
+
+    ``custom`` and ``reference`` are ``(chain, draw, d)`` arrays whose last axis follows
+    ``labels``; only the first ``max_panels`` parameters are drawn.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad.diagnostics.compare import compare_chains
+    >>> rng = np.random.default_rng(0)
+    >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(2, 200))}, {})
+    >>> report = compare_chains(run(), run())
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     [p.name for p in report.plot(tmp)]
+    ['densities.png', 'ranks.png', 'traces.png', 'efficiency.png']
+    """
+    if max_panels < 1:
+        raise ValueError(f"max_panels must be at least 1, got {max_panels}")
+    out = Path(out_dir)
+    k = min(len(labels), int(max_panels))
+    a, b, shown = custom[..., :k], reference[..., :k], list(labels[:k])
+    names = report.names
+    return [
+        plot_densities(a, b, shown, out / "densities.png", names=names, total=len(labels)),
+        plot_ranks(a, b, shown, out / "ranks.png", names=names),
+        plot_traces(a, b, shown, out / "traces.png", names=names),
+        plot_efficiency(report, out / "efficiency.png", max_panels=max_panels),
+    ]
