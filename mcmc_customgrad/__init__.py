@@ -19,7 +19,21 @@ from importlib.metadata import version as _version
 
 from . import models, stable
 from .caches import clear_caches
-from .diagnostics import Diagnostic, SamplingWarning, diagnose
+from .diagnostics import (
+    ComparisonReport,
+    CoupledReport,
+    Diagnostic,
+    GradientReport,
+    SamplingWarning,
+    SBCProblem,
+    SBCReport,
+    check_gradients,
+    compare_chains,
+    coupled_chains,
+    diagnose,
+    sbc,
+    write_report,
+)
 from .implicit import (
     SolverError,
     SolverInfo,
@@ -60,6 +74,16 @@ __all__ = [
     "diagnose",
     "Diagnostic",
     "SamplingWarning",
+    "check_gradients",
+    "GradientReport",
+    "coupled_chains",
+    "CoupledReport",
+    "compare_chains",
+    "ComparisonReport",
+    "write_report",
+    "sbc",
+    "SBCProblem",
+    "SBCReport",
     "InitializationError",
     "CheckpointError",
     "clear_caches",

@@ -2,7 +2,8 @@
 
 The library keeps compiled programs so that repeated calls do not recompile: inner-solve
 cores (per problem, solver and options), samplers (per log-density, settings and
-shapes), the per-draw statistics pass and the initialisation check. Each compiled
+shapes), the per-draw statistics pass, the initialisation check and the diagnostics'
+simulation-based calibration fits. Each compiled
 XLA:CPU program holds operating-system memory mappings for its machine code, roughly
 3 per small kernel and 1,500 per sampler configuration, and Linux caps a process at
 ``vm.max_map_count`` mappings (65,530 by default); past it, compilation crashes the
@@ -31,6 +32,8 @@ def clear_caches() -> None:
     >>> import mcmc_customgrad as mcg
     >>> mcg.clear_caches()
     """
+    from .diagnostics.calibration import _CACHE as _SBC_CACHE
+    from .diagnostics.calibration import _ecdf_null
     from .implicit.envelope import _compiled_value
     from .implicit.root import _PROBLEMS, _compiled_core
     from .implicit.stats import _nested
@@ -41,5 +44,7 @@ def clear_caches() -> None:
     for cached in (_compiled_core, _compiled_value, _nested, _draw_pass, _value_and_grad_batched):
         cached.cache_clear()
     _CACHE.clear()
+    _SBC_CACHE.clear()
+    _ecdf_null.cache_clear()
     jax.clear_caches()
     gc.collect()
