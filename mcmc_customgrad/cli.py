@@ -1,11 +1,14 @@
 """The ``mcmc-customgrad`` command.
 
 Commands: ``sample MODEL`` (draws to netCDF), ``summary run.nc`` (ArviZ summary plus the
-post-run checks), ``models`` (the built-in models), ``demo`` (the README's main job).
+post-run checks), ``compare custom.nc reference.nc`` (the chain comparison of
+``docs/validation.md``, optionally written as a report with figures), ``check-grad MODEL``
+(the gradient report), ``models`` (the built-in models), ``demo`` (the README's main job).
 
 Exit codes, for scripts: 0 success; 1 the run or check failed (sampling could not start,
-a checkpoint belongs to another run, ``summary --strict`` found problems, the demo's
-numbers disagree); 2 bad usage (unknown command, model or option, unreadable file).
+a checkpoint belongs to another run, ``summary --strict`` found problems, a comparison or
+gradient check failed, the demo's numbers disagree); 2 bad usage (unknown command, model
+or option, unreadable file).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["main", "demo", "check_seeds", "load_model"]
+__all__ = ["main", "demo", "check_seeds", "load_model", "load_example"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -115,18 +118,18 @@ def check_seeds(out=None) -> bool:
     return ok
 
 
-def load_model(spec: str, reference: bool = False):
-    """A built-in model name, or ``path/to/file.py:function``, -> what to sample.
+def load_example(spec: str):
+    """A built-in model name, or ``path/to/file.py:function``, -> ``(model, reference)``.
 
     ``function()`` (called with no arguments) may return an :class:`~mcmc_customgrad.Model`
-    or an :class:`~mcmc_customgrad.models.Example` (its ``model``, or its ``reference``
-    when ``reference`` is True).
+    (``reference`` is then None) or an :class:`~mcmc_customgrad.models.Example`.
 
     Examples
     --------
-    >>> from mcmc_customgrad.cli import load_model
-    >>> load_model("conjugate").names
-    ('x',)
+    >>> from mcmc_customgrad.cli import load_example
+    >>> model, reference = load_example("kepler")
+    >>> model.names == reference.names
+    True
     """
     from mcmc_customgrad import Model, models
 
@@ -153,15 +156,34 @@ def load_model(spec: str, reference: bool = False):
         )
     built = builder()
     if isinstance(built, models.Example):
-        return built.reference if reference else built.model
+        return built.model, built.reference
     if isinstance(built, Model):
-        if reference:
-            raise UsageError(f"{spec} returns a Model, which has no reference; drop --reference.")
-        return built
+        return built, None
     raise UsageError(
         f"{spec} returned {type(built).__name__}; it must return an mcg.Model or an "
         "mcg.models.Example."
     )
+
+
+def load_model(spec: str, reference: bool = False):
+    """A built-in model name, or ``path/to/file.py:function``, -> what to sample.
+
+    ``function()`` (called with no arguments) may return an :class:`~mcmc_customgrad.Model`
+    or an :class:`~mcmc_customgrad.models.Example` (its ``model``, or its ``reference``
+    when ``reference`` is True).
+
+    Examples
+    --------
+    >>> from mcmc_customgrad.cli import load_model
+    >>> load_model("conjugate").names
+    ('x',)
+    """
+    model, closed = load_example(spec)
+    if not reference:
+        return model
+    if closed is None:
+        raise UsageError(f"{spec} returns a Model, which has no reference; drop --reference.")
+    return closed
 
 
 def _summary_table(idata):
@@ -210,21 +232,22 @@ def demo(out=None, quick: bool = False) -> bool:
 
     Prints the seed derivatives against their closed forms, then samples the seed-000
     conjugate density (inner Newton solve, cold start ``y0 = 0``) and its closed-form
-    reference with NUTS, 4 chains each, and prints both summaries side by side with the
-    z-score of the difference of means (Monte Carlo standard errors of both runs).
+    reference with NUTS, 4 chains x 2,500 draws each, prints both summaries side by side
+    with the z-score of the difference of means (Monte Carlo standard errors of both
+    runs), and ends with the verdict of :func:`~mcmc_customgrad.compare_chains`.
 
     Parameters
     ----------
     out : file, optional
         Where to print (default stdout).
     quick : bool
-        300 warmup steps and 300 draws per chain instead of 1000 and 1000.
+        300 warmup steps per chain instead of 1000 (the draws stay 2,500 per chain, the
+        validation protocol's minimum).
 
     Returns
     -------
     bool
-        True when the derivatives agree to 1e-6 and every posterior mean agrees within
-        4 standard errors.
+        True when the derivatives agree to 1e-6 and the comparison passes.
 
     Examples
     --------
@@ -240,15 +263,20 @@ def demo(out=None, quick: bool = False) -> bool:
 
     out = out or sys.stdout
     ok = check_seeds(out)
-    n = 300 if quick else 1000
+    warmup, draws = (300 if quick else 1000), 2500
     example = mcg.models.conjugate(d=2)
     runs = {}
     for name in ("custom", "reference"):
         model = example.model if name == "custom" else example.reference
-        print(f"\nsampling the {name} density: 4 chains x ({n} warmup + {n} draws) ...", file=out)
+        print(
+            f"\nsampling the {name} density: 4 chains x ({warmup} warmup + {draws} draws) ...",
+            file=out,
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", mcg.SamplingWarning)
-            idata = mcg.sample(model, num_warmup=n, num_samples=n, seed=0, progress_bar=False)
+            idata = mcg.sample(
+                model, num_warmup=warmup, num_samples=draws, seed=0, progress_bar=False
+            )
         runs[name] = idata
         attrs = idata.posterior.attrs
         print(
@@ -260,14 +288,14 @@ def demo(out=None, quick: bool = False) -> bool:
         for w in caught:
             print(f"  warning: {w.message}", file=out)
     print("\nposterior of x (conjugate density, d = 2): custom vs closed-form reference", file=out)
-    agree = _side_by_side(runs["custom"], runs["reference"], out)
-    print(
-        "means agree within 4 standard errors"
-        if agree
-        else "MISMATCH: a mean differs by more than 4 standard errors",
-        file=out,
-    )
-    return ok and agree
+    _side_by_side(runs["custom"], runs["reference"], out)
+    report = mcg.compare_chains(runs["custom"], runs["reference"])
+    print("\ncomparison (docs/validation.md):", file=out)
+    print(report.verdict, file=out)
+    print(report.efficiency_verdict, file=out)
+    for failure in report.failures + report.efficiency_failures:
+        print(f"- {failure}", file=out)
+    return ok and report.passed
 
 
 def _cmd_sample(args, out) -> int:
@@ -300,19 +328,75 @@ def _cmd_sample(args, out) -> int:
 
 
 def _cmd_summary(args, out) -> int:
-    from mcmc_customgrad.diagnostics import load
-
-    if not Path(args.file).is_file():
-        raise UsageError(f"{args.file} does not exist.")
-    try:
-        idata = load(args.file)
-    except Exception as err:
-        raise UsageError(f"{args.file} is not a netCDF run file: {err}") from err
-    if "posterior" not in idata.groups():
-        raise UsageError(f"{args.file} has no posterior group.")
+    idata = _load_run(args.file)
     print(_summary_table(idata).to_string(), file=out)
     problems = _print_diagnostics(idata, out)
     return EXIT_FAILED if (problems and args.strict) else EXIT_OK
+
+
+def _load_run(path):
+    from mcmc_customgrad.diagnostics import load
+
+    if not Path(path).is_file():
+        raise UsageError(f"{path} does not exist.")
+    try:
+        idata = load(path)
+    except Exception as err:
+        raise UsageError(f"{path} is not a netCDF run file: {err}") from err
+    if "posterior" not in idata.groups():
+        raise UsageError(f"{path} has no posterior group.")
+    return idata
+
+
+def _cmd_compare(args, out) -> int:
+    import mcmc_customgrad as mcg
+
+    custom, reference = _load_run(args.custom), _load_run(args.reference)
+    try:
+        report = mcg.compare_chains(
+            custom,
+            reference,
+            var_names=args.var_names,
+            alpha=args.alpha,
+            min_chains=args.min_chains,
+            min_draws=args.min_draws,
+            seed=args.seed,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"cannot compare {args.custom} with {args.reference}: {err}") from err
+    print(report, file=out)
+    if args.out:
+        path = mcg.write_report(report, args.out, figures=not args.no_figures)
+        print(f"wrote {path}", file=out)
+    failed = not report.passed or (args.require_efficiency and report.efficiency_passed is False)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cmd_check_grad(args, out) -> int:
+    import mcmc_customgrad as mcg
+
+    model, reference = load_example(args.model)
+    report = mcg.check_gradients(
+        model,
+        model.init,
+        None if args.no_reference else reference,
+        order=args.order,
+        num_points=args.points,
+        seed=args.seed,
+    )
+    against = "finite differences" if reference is None or args.no_reference else "its reference"
+    print(
+        f"{args.model}: {args.points} points from the sampler's initialisation "
+        f"(unconstrained, uniform in [-2, 2]), seed {args.seed}, against {against} and itself",
+        file=out,
+    )
+    print(report.table, file=out)
+    for failure in report.failures:
+        print(f"- {failure}", file=out)
+    print("PASSED" if report.passed else "FAILED", file=out)
+    if args.plot:
+        print(f"wrote {report.plot(args.plot)}", file=out)
+    return EXIT_OK if report.passed else EXIT_FAILED
 
 
 def _cmd_models(args, out) -> int:
@@ -357,6 +441,28 @@ def _parser():
     m = sub.add_parser("summary", help="ArviZ summary and post-run checks of a run file")
     m.add_argument("file", help="netCDF file written by `sample --out`")
     m.add_argument("--strict", action="store_true", help="exit 1 when any check fails")
+    c = sub.add_parser("compare", help="compare a run with its reference run (validation)")
+    c.add_argument("custom", help="netCDF run of the custom-gradient density")
+    c.add_argument("reference", help="netCDF run of the closed-form reference")
+    c.add_argument("--out", default=None, help="directory for report.md and the figures")
+    c.add_argument("--no-figures", action="store_true", help="write report.md only")
+    c.add_argument("--var-names", nargs="+", default=None, help="variables to compare")
+    c.add_argument("--alpha", type=float, default=0.01, help="level of each test family")
+    c.add_argument("--min-chains", type=int, default=4, help="required chains per run")
+    c.add_argument("--min-draws", type=int, default=2500, help="required draws per chain")
+    c.add_argument("--seed", type=int, default=0, help="seed of the permutation test")
+    c.add_argument(
+        "--require-efficiency",
+        action="store_true",
+        help="also exit 1 when the efficiency checks fail (a wrong gradient shows there)",
+    )
+    g = sub.add_parser("check-grad", help="check a model's gradients (and its reference's)")
+    g.add_argument("model", help="built-in model name, or path/to/file.py:function")
+    g.add_argument("--points", type=int, default=20, help="number of random points")
+    g.add_argument("--order", type=int, default=2, choices=[1, 2], help="2 checks Hessians")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-reference", action="store_true", help="skip the reference checks")
+    g.add_argument("--plot", default=None, help="PNG file for the gradient-error plot")
     sub.add_parser("models", help="list the built-in models")
     return parser
 
@@ -377,7 +483,13 @@ def main(argv=None, out=None) -> int:
     try:
         if args.command == "demo":
             return EXIT_OK if demo(out, quick=args.quick) else EXIT_FAILED
-        command = {"sample": _cmd_sample, "summary": _cmd_summary, "models": _cmd_models}
+        command = {
+            "sample": _cmd_sample,
+            "summary": _cmd_summary,
+            "compare": _cmd_compare,
+            "check-grad": _cmd_check_grad,
+            "models": _cmd_models,
+        }
         return command[args.command](args, out)
     except UsageError as err:
         print(f"mcmc-customgrad: error: {err}", file=sys.stderr)

@@ -57,6 +57,7 @@ def test_sample_then_summary(tmp_path, capsys):
 
 USER_MODEL = textwrap.dedent(
     """
+    import jax
     import jax.numpy as jnp
     import mcmc_customgrad as mcg
 
@@ -65,6 +66,15 @@ USER_MODEL = textwrap.dedent(
 
     def wrong():
         return 3
+
+    @jax.custom_jvp
+    def softplus(x):
+        return jnp.logaddexp(x, 0.0)
+
+    softplus.defjvp(lambda primals, tangents: (softplus(*primals), tangents[0]))
+
+    def straight_through():  # a wrong (straight-through) derivative of softplus
+        return mcg.Model(lambda p: -jnp.sum(softplus(p["z"])), {"z": mcg.real(shape=(2,))})
     """
 )
 
@@ -87,6 +97,8 @@ def test_sample_a_model_from_a_file(tmp_path):
         (["sample", "conjugate", "--draws", "0"], "num_samples must be an integer"),
         (["summary", "missing.nc"], "does not exist"),
         (["summary", "{file}"], "is not a netCDF run file"),
+        (["compare", "missing.nc", "{file}"], "does not exist"),
+        (["check-grad", "no_such_model"], "unknown model 'no_such_model'"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(tmp_path, capsys, argv, message):
@@ -109,4 +121,48 @@ def test_demo_console_entry_point_samples_and_compares():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Kepler dE/dM" in proc.stdout
     assert "custom" in proc.stdout and "reference" in proc.stdout
-    assert "means agree within 4 standard errors" in proc.stdout
+    assert "2500 draws" in proc.stdout
+    assert "PASSED: all" in proc.stdout and "Efficiency: PASSED" in proc.stdout
+
+
+def _runs(tmp_path, scale):
+    import numpy as np
+
+    from mcmc_customgrad.diagnostics import _arviz
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, s in (("custom", scale), ("reference", 1.0)):
+        idata = _arviz.to_inference_data({"x": s * rng.normal(size=(4, 2500, 2))}, {})
+        path = tmp_path / f"{name}.nc"
+        _arviz.save(idata, path)
+        paths.append(str(path))
+    return paths
+
+
+def test_compare_writes_a_report_and_exits_by_the_verdict(tmp_path):
+    custom, reference = _runs(tmp_path, 1.0)
+    code, text = run(["compare", custom, reference, "--out", str(tmp_path / "report")])
+    assert code == 0, text
+    assert text.startswith("PASSED: all") and "x[1]" in text
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "PASSED" in report and "](densities.png)" in report
+    assert (tmp_path / "report" / "ranks.png").stat().st_size > 0
+    wide, reference = _runs(tmp_path, 1.05)  # a 5% scale error
+    code, text = run(["compare", wide, reference, "--no-figures", "--out", str(tmp_path / "r2")])
+    assert code == 1 and text.startswith("FAILED")
+    assert "wider overall" in text
+    assert not list((tmp_path / "r2").glob("*.png"))
+
+
+def test_check_grad_passes_a_model_and_fails_a_straight_through_rule(tmp_path):
+    code, text = run(["check-grad", "conjugate", "--points", "3"])
+    assert code == 0, text
+    assert "against its reference" in text and "| hessian |" in text and "PASSED" in text
+    file = tmp_path / "my_model.py"
+    file.write_text(USER_MODEL)
+    png = tmp_path / "grad.png"
+    argv = ["check-grad", f"{file}:straight_through", "--points", "3", "--plot", str(png)]
+    code, text = run(argv)
+    assert code == 1 and "FAILED" in text and "grad_fd" in text
+    assert "against finite differences" in text and png.stat().st_size > 0
