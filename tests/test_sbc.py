@@ -72,13 +72,6 @@ def simulate_too_noisy(key, params):
     return {"y": params["mu"] + 2.0 * jax.random.normal(key, (N_OBS, D))}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_sbc_programs():
-    # mcg.clear_caches (conftest) does not know the sbc module's cache of compiled programs.
-    yield
-    sbc_module._CACHE.clear()
-
-
 RIGHT = SBCProblem(PARAMS, prior_sample, simulate, logdensity, log_likelihood, name="right")
 WRONG = SBCProblem(PARAMS, prior_sample, simulate_too_noisy, logdensity, log_likelihood)
 
@@ -382,3 +375,9 @@ def test_from_ranks_checks_its_input():
         SBCReport.from_ranks({"mu": np.arange(11)}, 9)
     with pytest.raises(ValueError, match="no quantities"):
         SBCReport.from_ranks({}, 9)
+
+
+def test_clear_caches_releases_the_sbc_programs(miscalibrated):
+    assert len(sbc_module._CACHE) > 0
+    mcg.clear_caches()
+    assert len(sbc_module._CACHE) == 0
