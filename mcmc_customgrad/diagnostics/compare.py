@@ -20,8 +20,14 @@ distribution. :func:`compare_chains` checks both, in three groups:
     that moves with a scale error in every direction at once).
 ``margin`` (equivalence)
     means within 0.1 sd of the reference, sd ratio within 10%, 5% and 95% quantiles
-    within 0.15 sd. These compare point estimates, so they need a few thousand effective
-    draws per side to hold reliably.
+    within 0.15 sd. A margin fails when the difference is beyond it *and* its z-score
+    (means, second moments, quantile indicators) is beyond the Bonferroni cut-off: the
+    difference is both practically and statistically significant. Beyond the margin
+    but within Monte Carlo noise it is reported in ``notes`` ("equivalence not shown at
+    this run length"), not failed: at 4 x 2,500 draws the standard error of a tail
+    quantile is about 0.06 sd per side, so a point-estimate rule on a 0.15 sd margin
+    alone fails correct runs several percent of the time (the library's ridge model
+    did, at z = 2.3).
 
 ``passed`` is all of these. Efficiency (adapted step size ratio in [0.8, 1.25], mean
 acceptance within 0.05, ESS per gradient evaluation at least 0.8 of the reference's) is
@@ -30,8 +36,9 @@ draws have the right distribution, which is where a wrong log-density *value* sh
 ``efficiency_passed`` is where a wrong *gradient* shows. A validation needs both.
 
 Every test family has level ``alpha``, so a comparison of two correct runs fails with
-probability at most about ``3 * alpha`` (z-scores, KS, energy; Bonferroni is conservative)
-plus the small chance that a margin or R-hat threshold is crossed by noise.
+probability at most about ``3 * alpha`` (z-scores, KS, energy; Bonferroni is conservative;
+a margin fails only together with its z-test) plus the small chance that a pooled R-hat
+threshold is crossed by noise.
 """
 
 from __future__ import annotations
@@ -85,8 +92,7 @@ class _Side:
 
 
 def _posterior(idata, side):
-    groups = getattr(idata, "groups", None)
-    if groups is None or "posterior" not in idata.groups():
+    if not _arviz.is_inference_data(idata):
         raise TypeError(
             f"the {side} run must be an arviz.InferenceData with a posterior group (as "
             f"returned by mcmc_customgrad.sample), got {type(idata).__name__}"
@@ -163,7 +169,7 @@ def _select(idata, reference_idata, var_names, names):
 
 
 def _stat(idata, name):
-    if "sample_stats" not in idata.groups() or name not in idata.sample_stats:
+    if "sample_stats" not in _arviz.groups(idata) or name not in idata.sample_stats:
         return None
     return np.asarray(idata.sample_stats[name].values)
 
@@ -343,6 +349,9 @@ class ComparisonReport:
         bounds; ``None`` when neither run recorded what they need.
     efficiency_failures : list of str
         One reason per failed efficiency check.
+    notes : list of str
+        Differences beyond an equivalence margin but within Monte Carlo noise: not
+        failures, but equivalence is not shown at this run length (draw more to decide).
     settings : dict
         Thresholds used (``alpha``, ``z_cutoff``, ``num_z_tests``, margins, ...).
 
@@ -370,6 +379,7 @@ class ComparisonReport:
     efficiency_passed: bool | None
     efficiency_failures: list[str]
     settings: dict
+    notes: list[str] = dataclasses.field(default_factory=list)
     _custom: _Side | None = dataclasses.field(default=None, repr=False, compare=False)
     _reference: _Side | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -464,6 +474,8 @@ class ComparisonReport:
         if self.failures or self.efficiency_failures:
             parts += ["", "Failures:"]
             parts += [f"- {f}" for f in self.failures + self.efficiency_failures]
+        if self.notes:
+            parts += ["", "Notes:"] + [f"- {n}" for n in self.notes]
         return "\n".join(parts)
 
     def to_markdown(self, figures=()) -> str:
@@ -488,7 +500,7 @@ class ComparisonReport:
             f"p < {self.settings['ks_cutoff']:.3g} fails. Margins: means within "
             f"{self.settings['mean_margin']:g} sd, sd ratio within "
             f"{self.settings['sd_margin']:.0%}, quantiles within "
-            f"{self.settings['quantile_margin']:g} sd.",
+            f"{self.settings['quantile_margin']:g} sd, failed only with their z-test.",
             "",
             "## Joint and per-side checks",
             "",
@@ -501,6 +513,8 @@ class ComparisonReport:
         failures = self.failures + self.efficiency_failures
         if failures:
             parts += ["", "## Failures", ""] + [f"- {f}" for f in failures]
+        if self.notes:
+            parts += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if figures:
             parts += ["", "## Figures", ""]
             for path in figures:
@@ -703,6 +717,7 @@ def compare_chains(
 
     checks: list[dict] = []
     failures: list[str] = []
+    notes: list[str] = []
 
     def check(name, kind, passed, value, threshold, message, side=None, parameter=None):
         passed = bool(passed)
@@ -857,40 +872,59 @@ def compare_chains(
             parameter=label,
         )
         sd = scale[j]
+
+        def margin(name, beyond, value, threshold, z_key, message, j=j, label=label):
+            # Failed only when practically (beyond the margin) and statistically (|z|
+            # beyond the Bonferroni cut-off) significant; see the module notes.
+            z_value = abs(float(z[z_key][j]))
+            significant = z_value > z_cut
+            check(
+                name,
+                "margin",
+                not (beyond and significant),
+                float(value),
+                f"{threshold}, or |z {z_key}| <= {z_cut:.3g}",
+                f"{message} (|z| = {z_value:.2f})",
+                parameter=label,
+            )
+            if beyond and not significant:
+                notes.append(
+                    f"{message}, but within Monte Carlo noise (|z| = {z_value:.2f} <= "
+                    f"{z_cut:.2f}): equivalence not shown at this run length; draw more "
+                    "to decide"
+                )
+
         value = abs(sa["mean"][j] - sb["mean"][j]) / sd
-        check(
+        margin(
             "mean margin",
-            "margin",
-            value <= mean_margin,
-            float(value),
+            value > mean_margin,
+            value,
             f"<= {mean_margin} sd",
+            "mean",
             f"{label}: the means differ by {value:.3f} {names[1]} sd ({sa['mean'][j]:.4g} vs "
             f"{sb['mean'][j]:.4g}), more than the margin {mean_margin} sd",
-            parameter=label,
         )
         ratio = sa["sd"][j] / sd
-        check(
+        margin(
             "sd ratio margin",
-            "margin",
-            abs(ratio - 1.0) <= sd_margin,
-            float(ratio),
+            abs(ratio - 1.0) > sd_margin,
+            ratio,
             f"within 1 +- {sd_margin}",
+            "square",
             f"{label}: sd ratio {names[0]}/{names[1]} is {ratio:.3f} ({sa['sd'][j]:.4g} vs "
             f"{sd:.4g}), outside 1 +- {sd_margin}",
-            parameter=label,
         )
         for key in ("q05", "q95"):
             value = abs(sa[key][j] - sb[key][j]) / sd
-            check(
+            margin(
                 f"{key} margin",
-                "margin",
-                value <= quantile_margin,
-                float(value),
+                value > quantile_margin,
+                value,
                 f"<= {quantile_margin} sd",
+                key,
                 f"{label}: the {key[1:]}% quantiles differ by {value:.3f} {names[1]} sd "
                 f"({sa[key][j]:.4g} vs {sb[key][j]:.4g}), more than the margin "
                 f"{quantile_margin} sd",
-                parameter=label,
             )
         row["ok"] = all(c["passed"] for c in checks[start:])
         rows.append(row)
@@ -1005,6 +1039,7 @@ def compare_chains(
         efficiency_passed=eff_passed,
         efficiency_failures=eff_failures,
         settings=settings,
+        notes=notes,
         _custom=cus,
         _reference=ref,
     )
