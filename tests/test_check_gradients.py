@@ -201,6 +201,13 @@ def test_non_finite_value_where_reference_is_finite_fails():
     assert "non-finite" in message and "nan" in message and "point 2" in message
 
 
+def test_a_density_that_is_nan_everywhere_fails_without_a_reference():
+    report = check_gradients(lambda x: jnp.sum(x) * jnp.nan, WRONG_POINTS, order=1)
+    assert not report.passed
+    assert "grad_fd" in failed(report)
+    assert any("nothing compared" in f for f in report.failures)
+
+
 # ----------------------------------------------------------------------------- state
 
 

@@ -394,7 +394,9 @@ def _to_flat(point, model, dim, what):
 
 
 def _is_inference_data(obj) -> bool:
-    return hasattr(obj, "posterior") and hasattr(obj, "groups") and callable(obj.groups)
+    from . import _arviz
+
+    return _arviz.is_inference_data(obj)
 
 
 def _from_inference_data(idata, model, num_points, seed):
@@ -584,6 +586,13 @@ class _Result:
                     f"{self.labels_seen[columns[j]]}, point {int(points[j])} (custom {c:.10g}, "
                     f"expected {r:.10g}); {over} of {compared} entries over tolerance."
                 )
+        if not compared and self.skipped:
+            failures.append(
+                f"{self.name} ({_DESCRIPTIONS[self.name]}): nothing compared: the expected "
+                f"value is not finite at every entry ({self.skipped} skipped); the density "
+                "or its derivatives are NaN or infinite at all the points (outside the "
+                "support, or a failed inner solve everywhere?)"
+            )
         if self.nonfinite:
             k, label, c, r = self.nonfinite[0]
             what = (
