@@ -13,6 +13,8 @@ import numpy as np
 
 __all__ = [
     "arviz",
+    "groups",
+    "is_inference_data",
     "to_inference_data",
     "summary",
     "ess",
@@ -40,6 +42,26 @@ def _import_arviz():
 
 
 arviz = _import_arviz()
+
+
+def groups(idata) -> list[str]:
+    """Names of the groups of ``idata`` (``"posterior"``, ``"sample_stats"``, ...).
+
+    ArviZ 0.23's ``InferenceData.groups()`` is a method; a 1.x ``DataTree`` has a
+    ``groups`` property of paths (``"/posterior"``). Everything else goes through here.
+    """
+    found = idata.groups() if callable(idata.groups) else idata.groups
+    return [g.strip("/") for g in found if g.strip("/")]
+
+
+def is_inference_data(obj) -> bool:
+    """Whether ``obj`` is a run as :func:`to_inference_data` builds (any ArviZ version)."""
+    if not hasattr(obj, "groups"):
+        return False
+    try:
+        return "posterior" in groups(obj)
+    except Exception:  # something else with a ``groups`` attribute
+        return False
 
 
 def to_inference_data(posterior, sample_stats, log_likelihood=None, attrs=None, dims=None):

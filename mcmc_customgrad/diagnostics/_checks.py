@@ -70,7 +70,7 @@ def diagnose(idata) -> list[Diagnostic]:
     ['divergences']
     """
     found = []
-    stats = idata.sample_stats if "sample_stats" in idata.groups() else None
+    stats = idata.sample_stats if "sample_stats" in _arviz.groups(idata) else None
     num_chains = int(idata.posterior.sizes["chain"])
     num_draws = int(idata.posterior.sizes["draw"])
     total = num_chains * num_draws

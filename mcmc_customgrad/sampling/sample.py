@@ -591,7 +591,7 @@ def sample(
         "resumed_draws": resumed_draws,
         **{k: float(v) for k, v in timings.items()},
     }
-    for group in idata.groups():
+    for group in _arviz.groups(idata):
         idata[group].attrs.update(attrs)
     if warn:
         for problem in diagnose(idata):
