@@ -836,7 +836,8 @@ class SBCReport:
             # Heights per rank value, so that uneven bins compare fairly.
             top.bar(left, observed / width, width=width, align="edge", color="C0", alpha=0.7)
             mean = n / values
-            lo, hi = stats.binom.ppf([0.005, 0.995], n * width[:, None], 1 / values).T / width
+            # A bin of `width` rank values holds Binomial(n, width / values) ranks.
+            lo, hi = stats.binom.ppf([0.005, 0.995], n, width[:, None] / values).T / width
             top.fill_between(
                 np.r_[left, values], np.r_[lo, lo[-1]], np.r_[hi, hi[-1]], step="post",
                 color="0.8", zorder=0,
@@ -1298,7 +1299,7 @@ def sbc(
                     f"{start}.., but {_describe(data_shapes)} in simulation 0. Data must have "
                     "fixed shapes: pad to the largest size and pass a mask in the data."
                 )
-            _check_support(problem, truth, start, data)
+            _check_support(problem, truth, start, data, count=num_simulations - start)
         tick = time.perf_counter()
         results.append(jax.tree.map(np.asarray, compiled(root, start, truth, data)))
         run_seconds += time.perf_counter() - tick
@@ -1341,8 +1342,14 @@ def sbc(
     )
 
 
-def _check_support(problem, truth, start, data=None):
-    """Every true value inside its support, every data value finite (per simulation)."""
+def _check_support(problem, truth, start, data=None, count=None):
+    """Every true value inside its support, every data value finite (per simulation).
+
+    Only the first ``count`` simulations of the batch are checked: the rest pad the last
+    batch and are discarded.
+    """
+    truth = jax.tree.map(lambda x: np.asarray(x)[:count], truth)
+    data = jax.tree.map(lambda x: np.asarray(x)[:count], data)
     for path, leaf in jax.tree_util.tree_leaves_with_path(data):
         leaf = np.asarray(leaf)
         if np.issubdtype(leaf.dtype, np.inexact):

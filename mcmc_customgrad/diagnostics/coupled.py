@@ -154,8 +154,7 @@ class CoupledReport:
             result = "info" if r["passed"] is None else ("ok" if r["passed"] else "FAIL")
             check = r["check"].replace("|", "\\|")  # |x - x_ref| inside a table cell
             lines.append(
-                f"| {check} | {r['parameter']} | {_fmt(r['value'])} | "
-                f"{r['threshold']} | {result} |"
+                f"| {check} | {r['parameter']} | {_fmt(r['value'])} | {r['threshold']} | {result} |"
             )
         return "\n".join(lines)
 
@@ -462,7 +461,7 @@ def coupled_chains(
         ``step_size`` and ``inverse_mass_matrix`` are given.
     num_compare : int
         Transitions over which positions must agree to ``position_tol`` (default 20;
-        at most ``num_steps``, smaller values are clipped to it).
+        at most ``num_steps``; larger values are clipped to it).
     kernel : {"nuts", "hmc"}
         Blackjax kernel for the warmup and both chains.
     step_size, inverse_mass_matrix : float and array, optional
