@@ -303,3 +303,27 @@ def test_clear_caches_releases_the_compiled_programs():
     mcg.clear_caches()
     assert len(_chains._CACHE) == 0
     assert _maps() < held - 100
+
+
+def _shifted_x(params, key):
+    return {"x_plus_noise": params["x"] + jax.random.normal(key, params["x"].shape)}
+
+
+def test_generated_quantities_are_in_the_posterior_and_do_not_depend_on_chunks(tmp_path):
+    run = dict(SMALL, generated_quantities=_shifted_x)
+    whole = mcg.sample(EXAMPLE.model, **run)
+    noise = whole.posterior["x_plus_noise"].values - whole.posterior["x"].values
+    assert noise.shape == (2, 60, 2)
+    assert 0.7 < noise.std() < 1.3 and abs(noise.mean()) < 0.3  # N(0, 1) per draw
+    assert len(np.unique(noise)) == noise.size  # a fresh key per chain and draw
+    chunked = mcg.sample(EXAMPLE.model, **run, checkpoint=tmp_path / "ck", checkpoint_every=7)
+    np.testing.assert_array_equal(
+        chunked.posterior["x_plus_noise"].values, whole.posterior["x_plus_noise"].values
+    )
+
+
+def test_generated_quantities_errors():
+    with pytest.raises(TypeError, match="generated_quantities must be a callable"):
+        mcg.sample(EXAMPLE.model, **SMALL, generated_quantities=3)
+    with pytest.raises(ValueError, match=r"returns \['x'\], which are parameter names"):
+        mcg.sample(EXAMPLE.model, **SMALL, generated_quantities=lambda p, k: {"x": p["x"]})

@@ -283,11 +283,26 @@ def _initial_positions(target: _Target, key):
 
 
 @functools.lru_cache(maxsize=64)
-def _draw_pass(logdensity, to_posterior, log_likelihood, solver_stats):
+def _draw_pass(logdensity, to_posterior, log_likelihood, solver_stats, generated=None, model=None):
     stats_fn = with_solver_stats(logdensity) if solver_stats else None
 
-    def one(position):
+    def one(position, key):
         out = {"posterior": to_posterior(position)}
+        if generated is not None:
+            params = model.to_constrained(position) if model is not None else position
+            extra = generated(params, key)
+            if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+                raise TypeError(
+                    "sample: generated_quantities must return a dict of name -> array, got "
+                    f"{type(extra).__name__}."
+                )
+            clash = sorted(set(extra) & set(out["posterior"]))
+            if clash:
+                raise ValueError(
+                    f"sample: generated_quantities returns {clash}, which are parameter names; "
+                    "rename them."
+                )
+            out["posterior"] = {**out["posterior"], **extra}
         if stats_fn is not None:
             out["solver"] = stats_fn(position)[1]._asdict()
         if log_likelihood is not None:
@@ -295,6 +310,16 @@ def _draw_pass(logdensity, to_posterior, log_likelihood, solver_stats):
         return out
 
     return jax.jit(jax.vmap(one))
+
+
+def _generated_keys(key, num_chains, start, count):
+    """One key per (chain, draw index): a draw's key does not depend on the chunking."""
+
+    def chain_keys(chain):
+        k = jax.random.fold_in(key, chain)
+        return jax.vmap(lambda i: jax.random.fold_in(k, i))(jnp.arange(start, start + count))
+
+    return jax.vmap(chain_keys)(jnp.arange(num_chains)).reshape(num_chains * count)
 
 
 class _Names:
@@ -336,6 +361,7 @@ def sample(
     dense_mass=False,
     solver_stats=True,
     warn=True,
+    generated_quantities=None,
 ):
     """Sample a log-density with Blackjax NUTS (or HMC) and return ArviZ InferenceData.
 
@@ -397,6 +423,15 @@ def sample(
     warn : bool
         Issue :class:`~mcmc_customgrad.SamplingWarning` for every failed post-run check
         (see :func:`~mcmc_customgrad.diagnose`).
+    generated_quantities : callable, optional
+        ``generated_quantities(params, key) -> dict`` of arrays, evaluated at every draw
+        after the chains have run and stored in the posterior group under its names
+        (Stan's generated quantities), e.g. latent fields recovered by
+        :func:`~mcmc_customgrad.laplace_latent_draws`. ``params`` is what the log-density
+        sees (a Model's constrained values by name, or the position pytree); ``key`` is
+        a JAX key fixed by the seed, the chain and the draw index, so the values are
+        reproducible and the same after a resume from a checkpoint. It must be
+        jit/vmap-compatible and must not reuse a parameter's name.
 
     Returns
     -------
@@ -418,7 +453,22 @@ def sample(
     (2, 200, 2)
     >>> bool(abs(float(idata.posterior["x"].mean())) < 0.2)
     True
+
+    Generated quantities go into the posterior group:
+
+    >>> import jax
+    >>> def gq(x, key):
+    ...     return {"norm": jnp.linalg.norm(x), "noisy": x + jax.random.normal(key, (2,))}
+    >>> idata = mcg.sample(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2), num_chains=2,
+    ...                    num_warmup=50, num_samples=20, warn=False, generated_quantities=gq)
+    >>> sorted(idata.posterior.data_vars), idata.posterior["noisy"].shape
+    (['noisy', 'norm', 'x'], (2, 20, 2))
     """
+    if generated_quantities is not None and not callable(generated_quantities):
+        raise TypeError(
+            "sample: generated_quantities must be a callable (params, key) -> dict, got "
+            f"{type(generated_quantities).__name__}."
+        )
     _check_settings(
         kernel,
         chain_method,
@@ -529,7 +579,15 @@ def sample(
         )
     model = target.model
     to_posterior = model.to_constrained if model is not None else _Names(target.names)
-    draw_pass = _draw_pass(target.logdensity, to_posterior, target.log_likelihood, solver_stats)
+    draw_pass = _draw_pass(
+        target.logdensity,
+        to_posterior,
+        target.log_likelihood,
+        solver_stats,
+        generated_quantities,
+        model,
+    )
+    k_generated = jax.random.fold_in(key, 7)  # apart from the sampler's keys
 
     run_chunk = None
     timings["compile_seconds"] = 0.0
@@ -552,7 +610,13 @@ def sample(
         state, records = jax.block_until_ready(run_chunk(*args))
         timings["sampling_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
-        table = _table(records, count, draw_pass, num_chains)
+        table = _table(
+            records,
+            count,
+            draw_pass,
+            num_chains,
+            _generated_keys(k_generated, num_chains, done, count),
+        )
         timings["draw_stats_seconds"] += time.perf_counter() - start
         table["start"], table["stop"] = np.int64(done), np.int64(done + count)
         table.update({f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))})
@@ -618,7 +682,7 @@ def _version():
     return __version__
 
 
-def _table(records: Record, count: int, draw_pass, num_chains) -> dict:
+def _table(records: Record, count: int, draw_pass, num_chains, keys) -> dict:
     """One chunk's records -> flat dict of ``(chain, count, ...)`` NumPy arrays."""
     positions = jax.tree.map(lambda x: np.asarray(x)[:, :count], records.position)
     table = {f"position__{i}": x for i, x in enumerate(jax.tree.leaves(positions))}
@@ -628,7 +692,7 @@ def _table(records: Record, count: int, draw_pass, num_chains) -> dict:
         table[f"stat__{name}"] = np.asarray(getattr(t, name))[:, :count]
     table["stat__solver_failure"] = np.asarray(t.nonfinite)[:, :count]
     flat = jax.tree.map(lambda x: x.reshape((num_chains * count, *x.shape[2:])), positions)
-    extra = jax.device_get(draw_pass(flat))
+    extra = jax.device_get(draw_pass(flat, keys))
     for group, values in extra.items():
         for name, v in values.items() if isinstance(values, dict) else [("", values)]:
             v = np.asarray(v)
