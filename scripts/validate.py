@@ -2,7 +2,8 @@
 
     python scripts/validate.py                      # all models, ~10 minutes on 2 CPU cores
     python scripts/validate.py --models conjugate   # one model, printed, docs untouched
-    python scripts/validate.py --quick              # smoke test: 500 draws, nothing written
+    python scripts/validate.py --quick              # smoke test: 500 draws, nothing written,
+                                                    # efficiency reported but not judged
 
 For each model in ``mcg.models.REGISTRY`` (the density with its inner solve against its
 closed-form reference, both on the same parameters):
@@ -47,7 +48,7 @@ def starts(name, example):
     return example.data["truth"] if name == "kepler" else None
 
 
-def validate(name, *, warmup, draws, figures_dir=None):
+def validate(name, *, warmup, draws, figures_dir=None, judge_efficiency=True):
     """Run the three checks on one model; return (passed, markdown, one summary row)."""
     example = mcg.models.REGISTRY[name]()
     model, reference = example.model, example.reference
@@ -70,7 +71,8 @@ def validate(name, *, warmup, draws, figures_dir=None):
     comparison = mcg.compare_chains(runs["custom"], runs["reference"], min_draws=draws)
     seconds = time.perf_counter() - t0
     passed = gradients.passed and coupled.passed and comparison.passed
-    efficient = comparison.efficiency_passed is not False
+    # ESS estimates from 4 x 500 draws (--quick) are too noisy to judge a 0.8 ratio.
+    efficient = comparison.efficiency_passed is not False or not judge_efficiency
 
     lines = [f"## {name}", ""]
     doc = (mcg.models.REGISTRY[name].__doc__ or "").strip().splitlines()[0]
@@ -165,7 +167,13 @@ def main(argv=None) -> int:
         figures_dir.mkdir(parents=True, exist_ok=True)
     sections, rows, ok = [], [], True
     for name in names:
-        passed, text, row = validate(name, warmup=warmup, draws=draws, figures_dir=figures_dir)
+        passed, text, row = validate(
+            name,
+            warmup=warmup,
+            draws=draws,
+            figures_dir=figures_dir,
+            judge_efficiency=not args.quick,
+        )
         print(text, "\n", flush=True)
         sections.append(text)
         rows.append(row)
