@@ -17,7 +17,7 @@ Examples
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import models, stable
+from . import laplace, models, stable
 from .caches import clear_caches
 from .diagnostics import (
     ComparisonReport,
@@ -46,6 +46,7 @@ from .implicit import (
     solvers,
     with_solver_stats,
 )
+from .laplace import laplace_latent_draws, laplace_log_marginal, latent_gaussian_log_marginal
 from .logdensity import Constraint, Model, interval, positive, real
 from .sampling import CheckpointError, InitializationError, sample
 
@@ -65,6 +66,10 @@ __all__ = [
     "SolverStats",
     "solvers",
     "linear",
+    "laplace_log_marginal",
+    "latent_gaussian_log_marginal",
+    "laplace_latent_draws",
+    "laplace",
     "Model",
     "Constraint",
     "real",

@@ -2,14 +2,13 @@
 
 The library keeps compiled programs so that repeated calls do not recompile: inner-solve
 cores (per problem, solver and options), samplers (per log-density, settings and
-shapes), the per-draw statistics pass, the initialisation check and the diagnostics'
-simulation-based calibration fits. Each compiled
-XLA:CPU program holds operating-system memory mappings for its machine code, roughly
-3 per small kernel and 1,500 per sampler configuration, and Linux caps a process at
-``vm.max_map_count`` mappings (65,530 by default); past it, compilation crashes the
-process. The caches are bounded well below that, but a long session that samples many
-different models can also fill JAX's own caches: call :func:`clear_caches` between
-unrelated jobs.
+shapes), the per-draw statistics pass, the initialisation check, the Laplace marginals
+and the diagnostics' simulation-based calibration fits. Each compiled XLA:CPU program
+holds operating-system memory mappings for its machine code, roughly 3 per small kernel
+and 1,500 per sampler configuration, and Linux caps a process at ``vm.max_map_count``
+mappings (65,530 by default); past it, compilation crashes the process. The caches are
+bounded well below that, but a long session that samples many different models can also
+fill JAX's own caches: call :func:`clear_caches` between unrelated jobs.
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ def clear_caches() -> None:
     from .implicit.envelope import _compiled_value
     from .implicit.root import _PROBLEMS, _compiled_core
     from .implicit.stats import _nested
+    from .laplace import _CACHE as _LAPLACE_CACHE
+    from .laplace import _CHECKED, _compiled_generic
     from .sampling._chains import _CACHE
     from .sampling.sample import _draw_pass, _value_and_grad_batched
 
@@ -45,6 +46,9 @@ def clear_caches() -> None:
         cached.cache_clear()
     _CACHE.clear()
     _SBC_CACHE.clear()
+    _LAPLACE_CACHE.data.clear()
+    _CHECKED.data.clear()
+    _compiled_generic.cache_clear()
     _ecdf_null.cache_clear()
     jax.clear_caches()
     gc.collect()
