@@ -81,6 +81,7 @@ def test_registry_and_argument_checks():
         "equilibrium",
         "ridge",
         "host_conjugate",
+        "eight_schools",
     }
     with pytest.raises(ValueError, match="p must be > 1"):
         mcg.models.conjugate(p=1.0)
