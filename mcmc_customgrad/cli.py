@@ -251,10 +251,12 @@ def demo(out=None, quick: bool = False) -> bool:
 
     Examples
     --------
-    >>> import io
-    >>> from mcmc_customgrad.cli import demo
-    >>> demo(io.StringIO(), quick=True)
-    True
+    The README's first command runs ``mcmc-customgrad demo``; from Python (about a
+    minute, so not run as a doctest here: ``tests/test_cli.py`` runs it in a subprocess)::
+
+        import io
+        from mcmc_customgrad.cli import demo
+        assert demo(io.StringIO(), quick=True)
     """
     import jax
 

@@ -1,5 +1,17 @@
-import jax
-import pytest
+import os
+import pathlib
+
+# A persistent XLA compilation cache for the run, shared by the xdist workers and the
+# subprocesses tests start (they inherit the environment): each module's programs are
+# released after it (below), and the next module that needs the same program, or the
+# other worker, loads it from disk instead of compiling it again (a sampler: 12 s -> 4 s).
+# Inside the checkout, so a fresh clone starts cold; pytest's cache folder is ignored by git.
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

@@ -1,10 +1,9 @@
-"""Every docstring example and every Python code block in README.md and docs/ runs."""
+"""Every docstring example runs (the Markdown code blocks: test_docs_markdown.py)."""
 
 import doctest
 import importlib
 import pathlib
 import pkgutil
-import re
 
 import pytest
 
@@ -35,15 +34,3 @@ def test_every_public_function_has_an_example():
         if callable(obj) and name not in internal and ">>>" not in (obj.__doc__ or ""):
             missing.append(name)
     assert missing == []
-
-
-MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"```python\n(.*?)```", re.S)
-
-
-@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: p.name)
-def test_markdown_code_blocks_run(path):
-    blocks = BLOCK.findall(path.read_text())
-    namespace = {}
-    for block in blocks:
-        exec(compile(block, f"{path.name}", "exec"), namespace)
