@@ -26,7 +26,6 @@ proposal; its gradient is zero, so no NaN reaches the gradients of other element
 
 from __future__ import annotations
 
-import collections
 import functools
 import math
 from typing import Any, NamedTuple
@@ -42,6 +41,7 @@ from .implicit._base import SolverInfo, max_norm
 from .implicit._linesearch import backtrack
 from .implicit.newton import Newton
 from .implicit.root import (
+    _LRU,
     build_core,
     check_options,
     finish,
@@ -336,22 +336,6 @@ def _as_args(args, where):
             ) from err
 
     return jax.tree.map(convert, tuple(args))
-
-
-class _LRU:
-    def __init__(self, maxsize):
-        self.maxsize, self.data = maxsize, collections.OrderedDict()
-
-    def get(self, key):
-        value = self.data.get(key)
-        if value is not None:
-            self.data.move_to_end(key)
-        return value
-
-    def put(self, key, value):
-        self.data[key] = value
-        if len(self.data) > self.maxsize:
-            self.data.popitem(last=False)
 
 
 #: Compiled latent-Gaussian programs, keyed by the closure-converted likelihood's jaxpr,
