@@ -15,13 +15,20 @@ time to first draw (initialisation, compilation and warmup; first repeat), gradi
 evaluations per draw, divergences; then the ratio Laplace / full joint of ESS/s, and
 ``mcg.compare_chains`` of the two on ``rho`` and ``alpha`` (the Laplace approximation is
 not exact for Poisson counts, so this is information, not a target).
+
+LAPACK threads: ``OPENBLAS_NUM_THREADS`` defaults to 1 here, as in ``bench_laplace.py``
+(JAX's CPU Cholesky goes through LAPACK; threaded OpenBLAS on small matrices under
+``vmap`` costs more than it gains on a loaded 2-core machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax
 
@@ -78,7 +85,8 @@ def main(argv=None) -> int:
         f"({num_warmup} + {num_samples}), median over {repeats} seed(s)"
     )
     print(
-        f"{platform.platform()}, {platform.machine()}; jax {jax.__version__}, "
+        f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs "
+        f"(OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}); jax {jax.__version__}, "
         f"blackjax {blackjax.__version__}, mcmc_customgrad {mcg.__version__}\n"
     )
     header = (
