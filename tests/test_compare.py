@@ -321,7 +321,7 @@ def test_var_names_selection():
     # a matrix parameter is flattened like _arviz.ess does
     m = compare_chains(two_variables(63, (2, 2)), two_variables(64, (2, 2)), "s", min_draws=500)
     labels = [r["parameter"] for r in m.rows]
-    assert labels == list(_arviz.ess(two_variables(63, (2, 2)).posterior[["s"]]).keys())
+    assert labels == [k for k in _arviz.ess(two_variables(63, (2, 2))) if k.startswith("s")]
     assert labels == ["s[0,0]", "s[0,1]", "s[1,0]", "s[1,1]"]
 
 

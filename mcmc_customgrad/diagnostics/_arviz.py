@@ -1,18 +1,23 @@
 """Every call into ArviZ lives here, so that the move to ArviZ 1.x is a one-file change.
 
-ArviZ 0.23 (Python 3.11) and ArviZ 1.x (Python 3.12+) differ in how InferenceData is
-built and stored; the rest of the package only sees the functions below.
+ArviZ 0.23 (Python 3.11) and ArviZ 1.x (Python 3.12+) differ in how a run is built
+(``from_dict(posterior=...)`` against ``from_dict({"posterior": ...})``), what it is
+(``InferenceData`` against ``xarray.DataTree``), what the statistics return (Datasets
+against DataTrees), the summary's column names and the plotting API. The rest of the
+package only sees the functions below, which behave the same on both; ``ARVIZ_1`` says
+which one is installed. The figures are drawn with matplotlib from ArviZ's kernel
+density estimates, the same code on both versions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
 
 __all__ = [
     "arviz",
+    "ARVIZ_1",
     "groups",
     "is_inference_data",
     "to_inference_data",
@@ -25,9 +30,7 @@ __all__ = [
     "attrs",
     "ess_draws",
     "rhat_draws",
-    "plot_kde",
-    "plot_rank",
-    "plot_trace",
+    "kde",
 ]
 
 
@@ -43,15 +46,34 @@ def _import_arviz():
 
 arviz = _import_arviz()
 
+#: True under ArviZ 1.x (``arviz-base``/``arviz-stats``/``arviz-plots``, Python 3.12+).
+ARVIZ_1 = int(arviz.__version__.split(".")[0]) >= 1
+
+#: The summary's columns, in ArviZ 0.23's names and order, on both versions.
+SUMMARY_COLUMNS = [
+    "mean",
+    "sd",
+    "hdi_3%",
+    "hdi_97%",
+    "mcse_mean",
+    "mcse_sd",
+    "ess_bulk",
+    "ess_tail",
+    "r_hat",
+]
+
 
 def groups(idata) -> list[str]:
     """Names of the groups of ``idata`` (``"posterior"``, ``"sample_stats"``, ...).
 
-    ArviZ 0.23's ``InferenceData.groups()`` is a method; a 1.x ``DataTree`` has a
-    ``groups`` property of paths (``"/posterior"``). Everything else goes through here.
+    ArviZ 0.23's ``InferenceData.groups()`` is a method; under 1.x a run is a
+    ``DataTree`` whose groups are its children. Everything else goes through here.
     """
-    found = idata.groups() if callable(idata.groups) else idata.groups
-    return [g.strip("/") for g in found if g.strip("/")]
+    if callable(idata.groups):  # ArviZ 0.23's InferenceData
+        return list(idata.groups())
+    # A DataTree's ``groups`` are absolute paths of the whole subtree (a child node such as
+    # ``run.posterior`` reports ``"/posterior"``), so take the node's own children.
+    return list(idata.children)
 
 
 def is_inference_data(obj) -> bool:
@@ -65,20 +87,44 @@ def is_inference_data(obj) -> bool:
 
 
 def to_inference_data(posterior, sample_stats, log_likelihood=None, attrs=None, dims=None):
-    """Build an ``InferenceData`` from dicts of ``(chain, draw, ...)`` NumPy arrays."""
+    """Build a run from dicts of ``(chain, draw, ...)`` NumPy arrays.
+
+    An ``arviz.InferenceData`` under ArviZ 0.23, an ``xarray.DataTree`` under 1.x; either
+    way with the groups ``posterior``, ``sample_stats`` (and ``log_likelihood``), and
+    ``attrs`` on the run itself.
+    """
     groups = {"posterior": posterior, "sample_stats": sample_stats}
     if log_likelihood:
         groups["log_likelihood"] = log_likelihood
+    if ARVIZ_1:
+        tree = arviz.from_dict(groups, dims=dims)
+        tree.attrs.update(dict(attrs or {}))
+        return tree
     return arviz.from_dict(**groups, attrs=dict(attrs or {}), dims=dims)
 
 
 def summary(idata, var_names=None):
-    """ArviZ's summary table (a pandas DataFrame) of the posterior group."""
+    """ArviZ's summary table (a pandas DataFrame) of the posterior group.
+
+    Columns ``mean, sd, hdi_3%, hdi_97%, mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat``
+    (a 94% highest-density interval) on both ArviZ versions; rows ``x[0]``, ``x[1]``, ...
+    """
     with warnings.catch_warnings():
         # Short test runs give chains too short for some statistics; the sampler's own
         # warnings say so in words, the table shows NaN.
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return arviz.summary(idata, var_names=var_names, round_to="none")
+        if not ARVIZ_1:
+            return arviz.summary(idata, var_names=var_names, round_to="none")[SUMMARY_COLUMNS]
+        table = arviz.summary(
+            idata, var_names=var_names, round_to="none", ci_kind="hdi", ci_prob=0.94
+        )
+    table = table.rename(columns={"hdi94_lb": "hdi_3%", "hdi94_ub": "hdi_97%"})
+    return table[SUMMARY_COLUMNS]
+
+
+def _as_dataset(result):
+    """A statistic's result as a Dataset (ArviZ 1.x returns a DataTree node)."""
+    return result.to_dataset() if hasattr(result, "to_dataset") else result
 
 
 def _flat(dataset) -> dict:
@@ -98,29 +144,38 @@ def ess(idata, method="bulk") -> dict:
     """Effective sample size per scalar parameter, ``{"x[0]": 812.3, ...}``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return _flat(arviz.ess(idata, method=method))
+        return _flat(_as_dataset(arviz.ess(idata, method=method)))
 
 
 def rhat(idata) -> dict:
     """Rank-normalised split R-hat per scalar parameter."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return _flat(arviz.rhat(idata))
+        return _flat(_as_dataset(arviz.rhat(idata)))
 
 
 def bfmi(idata) -> np.ndarray:
     """Estimated Bayesian fraction of missing information (E-BFMI), one per chain."""
+    if ARVIZ_1:
+        return np.asarray(arviz.bfmi(idata)["energy"].values, dtype=float)
     return np.asarray(arviz.bfmi(idata), dtype=float)
 
 
 def save(idata, path) -> str:
     """Write ``idata`` to a netCDF file; returns the path."""
-    return idata.to_netcdf(str(path))
+    idata.to_netcdf(str(path))  # InferenceData returns the path, a DataTree None
+    return str(path)
 
 
 def load(path):
     """Read an ``InferenceData`` written by :func:`save` (netCDF; nothing is unpickled)."""
-    return arviz.from_netcdf(str(path))
+    run = arviz.from_netcdf(str(path))
+    if ARVIZ_1:
+        # ArviZ 1.x opens the file lazily and keeps it open; read it all and close it,
+        # so that the run outlives the file and the path can be written again.
+        run = run.load()
+        run.close()
+    return run
 
 
 def attrs(idata) -> dict:
@@ -131,7 +186,7 @@ def attrs(idata) -> dict:
     the InferenceData itself. Either way they are found here.
     """
     out = dict(getattr(idata, "attrs", None) or {})
-    if "posterior" in idata.groups():
+    if "posterior" in groups(idata):
         out.update(idata.posterior.attrs)
     return out
 
@@ -153,7 +208,8 @@ def ess_draws(draws, method="bulk") -> np.ndarray:
         # A constant series (an indicator that is never true) has no autocorrelation to
         # estimate: ArviZ divides by a zero variance and returns NaN, which callers handle.
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return np.asarray(arviz.ess(_dataset(draws), method=method)["v"].values, dtype=float)
+        result = _as_dataset(arviz.ess(_dataset(draws), method=method))
+        return np.asarray(result["v"].values, dtype=float)
 
 
 def rhat_draws(draws) -> np.ndarray:
@@ -161,56 +217,20 @@ def rhat_draws(draws) -> np.ndarray:
     with warnings.catch_warnings():
         # As in ess_draws: NaN for a constant series.
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return np.asarray(arviz.rhat(_dataset(draws))["v"].values, dtype=float)
+        return np.asarray(_as_dataset(arviz.rhat(_dataset(draws)))["v"].values, dtype=float)
 
 
-@contextlib.contextmanager
-def _quiet_plotting():
-    """Context in which ArviZ 0.23's matplotlib backend may run under ``-W error``.
+def kde(values) -> tuple[np.ndarray, np.ndarray]:
+    """ArviZ's kernel density estimate of 1-d ``values``: ``(grid, density)``.
 
-    ArviZ 0.23 normalises keyword aliases by passing a dict to
-    ``matplotlib.cbook.normalize_kwargs``, which matplotlib 3.11 deprecates
-    (``MatplotlibDeprecationWarning``: "Passing a dict or None as alias_mapping ..."). The
-    call is inside ArviZ, our arguments are fine, and ArviZ 1.x no longer makes it, so only
-    that message is silenced, and only around our plotting calls.
+    The same estimator on both versions (a Gaussian kernel with the ISJ bandwidth and
+    boundary correction); 512 grid points.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Passing a dict or None as alias_mapping")
-        yield
+    values = np.asarray(values, dtype=float).ravel()
+    if ARVIZ_1:
+        from arviz_stats.base import array_stats
 
-
-def plot_kde(ax, values, *, label=None, color="C0"):
-    """ArviZ's kernel density estimate of 1-d ``values`` drawn on the matplotlib axes ``ax``."""
-    with _quiet_plotting():
-        arviz.plot_kde(
-            np.asarray(values, dtype=float).ravel(),
-            ax=ax,
-            label=label,
-            legend=label is not None,
-            plot_kwargs={"color": color},
-        )
-    return ax
-
-
-def plot_rank(axes, columns: dict, colors="cycle"):
-    """ArviZ's rank plots of ``{label: (chain, draw) array}`` on ``axes`` (one per label).
-
-    ``colors`` gives one matplotlib colour per chain (or one for all).
-    """
-    data = arviz.convert_to_dataset({k: np.asarray(v, dtype=float) for k, v in columns.items()})
-    with _quiet_plotting():
-        arviz.plot_rank(data, ax=np.asarray(axes), colors=colors)
-    return axes
-
-
-def plot_trace(axes, columns: dict, colors=None):
-    """ArviZ's trace plots of ``{label: (chain, draw) array}`` on ``axes`` of shape ``(n, 2)``.
-
-    The left column shows each chain's density, the right one its draws; ``colors`` gives
-    one matplotlib colour per chain.
-    """
-    data = arviz.convert_to_dataset({k: np.asarray(v, dtype=float) for k, v in columns.items()})
-    chain_prop = {"color": list(colors)} if colors is not None else None
-    with _quiet_plotting():
-        arviz.plot_trace(data, axes=np.asarray(axes), compact=False, chain_prop=chain_prop)
-    return axes
+        grid, density, _ = array_stats.kde(values)
+    else:
+        grid, density = arviz.kde(values)
+    return np.asarray(grid), np.asarray(density)

@@ -1,4 +1,8 @@
-"""Figures of a chain comparison, drawn with ArviZ (through ``_arviz``) and matplotlib.
+"""Figures of a chain comparison, drawn with matplotlib from ArviZ's statistics.
+
+Densities are ArviZ's kernel density estimates (through ``_arviz.kde``, the same on
+ArviZ 0.23 and 1.x); rank and trace plots follow ArviZ's layout, drawn here so that the
+figures do not depend on the plotting API, which changed in ArviZ 1.0.
 
 Plots use matplotlib's object API (:class:`matplotlib.figure.Figure`), never ``pyplot``,
 so they neither need a display nor change the global backend. Each function writes one
@@ -32,6 +36,42 @@ def _grid(k, ncols=3):
     return math.ceil(k / ncols), ncols
 
 
+def _plot_kde(ax, values, *, label=None, color="C0"):
+    grid, density = _arviz.kde(values)
+    ax.plot(grid, density, color=color, label=label)
+    if label is not None:
+        ax.legend()
+
+
+def _plot_rank(axes, columns: dict, colors):
+    """Per-chain histograms of the pooled ranks, stacked (ArviZ's ``plot_rank`` layout)."""
+    for ax, (label, draws) in zip(axes, columns.items(), strict=False):
+        chains, n = draws.shape
+        ranks = np.argsort(np.argsort(draws.ravel(), kind="stable"), kind="stable")
+        ranks = ranks.reshape(chains, n)
+        bins = max(2, min(20, n // 10))
+        edges = np.linspace(0, chains * n, bins + 1)
+        width = edges[1] - edges[0]
+        for c in range(chains):
+            counts, _ = np.histogram(ranks[c], bins=edges)
+            height = 0.9 * counts / (2.0 * n / bins)  # uniform -> 0.45 of a row
+            ax.bar(edges[:-1], height, width=width, bottom=c, align="edge", color=colors[c])
+            ax.axhline(c + 0.45, color="k", lw=0.7, ls="--")
+        ax.set(title=label, xlabel="rank (all chains)", ylabel="chain", xlim=(0, chains * n))
+        ax.set_yticks(np.arange(chains) + 0.45, [str(c) for c in range(chains)])
+
+
+def _plot_trace(axes, columns: dict, colors):
+    """Per-chain densities (left) and draws (right), one row per label."""
+    for (left, right), (label, draws) in zip(axes, columns.items(), strict=True):
+        for c, chain in enumerate(draws):
+            _plot_kde(left, chain, color=colors[c])
+            right.plot(chain, color=colors[c], lw=0.5, alpha=0.7)
+        left.set(title=label)
+        left.set_yticks([])
+        right.set(title=label, xlabel="draw")
+
+
 def _hide_unused(axes, used):
     for ax in np.ravel(axes)[used:]:
         ax.set_visible(False)
@@ -62,7 +102,7 @@ def plot_densities(custom, reference, labels, path, *, names=("custom", "referen
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for j, (ax, label) in enumerate(zip(axes, labels, strict=False)):
         for draws, name, color in zip((custom, reference), names, COLORS, strict=True):
-            _arviz.plot_kde(ax, draws[..., j], label=name if j == 0 else None, color=color)
+            _plot_kde(ax, draws[..., j], label=name if j == 0 else None, color=color)
         ax.set_title(label)
         ax.set_yticks([])
     _hide_unused(axes, k)
@@ -86,7 +126,7 @@ def _chains_note(custom, reference, names):
 
 
 def plot_ranks(custom, reference, labels, path, *, names=("custom", "reference")):
-    """ArviZ rank plots of the pooled chains (custom then reference), one panel per label.
+    """Rank plots of the pooled chains (custom then reference), one panel per label.
 
     Ranks are taken over both sides together, so a chain whose histogram is not flat
     samples a different distribution from the others.
@@ -109,7 +149,7 @@ def plot_ranks(custom, reference, labels, path, *, names=("custom", "reference")
     chains = len(colors)
     fig = Figure(figsize=(5.0 * ncols, (1.2 + 0.25 * chains) * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    _arviz.plot_rank(axes[:k], columns, colors=colors)
+    _plot_rank(axes[:k], columns, colors)
     _hide_unused(axes, k)
     fig.suptitle("Rank plots of the pooled chains; " + _chains_note(custom, reference, names))
     fig.savefig(path, dpi=DPI)
@@ -117,7 +157,7 @@ def plot_ranks(custom, reference, labels, path, *, names=("custom", "reference")
 
 
 def plot_traces(custom, reference, labels, path, *, names=("custom", "reference")):
-    """ArviZ trace plots (per-chain densities and draws) of the pooled chains.
+    """Trace plots (per-chain densities and draws) of the pooled chains.
 
     Examples
     --------
@@ -135,7 +175,7 @@ def plot_traces(custom, reference, labels, path, *, names=("custom", "reference"
     k = len(labels)
     fig = Figure(figsize=(11.0, 2.2 * k + 0.6), layout="constrained")
     axes = fig.subplots(k, 2, squeeze=False)
-    _arviz.plot_trace(axes, columns, colors=colors)
+    _plot_trace(axes, columns, colors)
     fig.suptitle("Trace plots; " + _chains_note(custom, reference, names))
     fig.savefig(path, dpi=DPI)
     return Path(path)
