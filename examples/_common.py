@@ -1,0 +1,144 @@
+"""What every example shares: its command line, and a model sampled against its reference.
+
+Each example script builds a density with an inner solve and the same density in closed
+form (its reference), then calls :func:`sample_and_compare`, which does what a user
+should do with any custom-gradient density (``docs/diagnostics.md``):
+
+1. sample both with ``mcg.sample`` (Blackjax NUTS, 4 chains, Stan's window adaptation);
+2. print the ArviZ summary of the custom run;
+3. compare the two runs with ``mcg.compare_chains`` and print the verdict;
+4. write the report (``report.md`` and its figures) with ``mcg.write_report``.
+
+Full runs draw 4 x 2,500 after 1,000 warmup steps, what ``mcg.compare_chains`` asks for
+by default. ``--quick`` (what the tests run) draws 4 x 200 after 200 warmup steps
+(examples may shrink their problem too), skips the per-draw solver statistics and the
+post-run warnings, and scales the comparison's run-length requirements down to the run:
+``min_chains`` and ``min_draws`` to the run, ``min_ess`` to 100 and ``rhat_max`` to 1.05
+(R-hat's own noise at a few hundred draws per chain exceeds 0.01). The statistical tests
+of the comparison keep their levels. A quick verdict is a smoke test, not evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # before anything touches JAX: float64 throughout
+
+import mcmc_customgrad as mcg  # noqa: E402
+
+__all__ = ["parse_args", "sample_and_compare", "run_settings"]
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def parse_args(name: str, doc: str, argv=None, extra=None) -> argparse.Namespace:
+    """The command line every example takes: ``--quick``, ``--out DIR``, ``--seed N``.
+
+    ``extra(parser)`` may add the example's own options.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"python examples/{name}.py",
+        description=doc.strip().splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="4 x 200 draws after 200 warmup steps (smoke test)"
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=HERE / "out" / name,
+        help="where the report and figures go (default: examples/out/%(prog)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args(argv)
+
+
+def run_settings(args) -> dict:
+    """``mcg.sample`` keyword arguments for a full or a ``--quick`` run."""
+    if args.quick:
+        return {
+            "num_chains": 4,
+            "num_warmup": 200,
+            "num_samples": 200,
+            "seed": args.seed,
+            "solver_stats": False,
+            "warn": False,
+        }
+    return {"num_chains": 4, "num_warmup": 1000, "num_samples": 2500, "seed": args.seed}
+
+
+def sample_and_compare(
+    model, reference, args, *, var_names=None, reference_kwargs=None, quick=None, **sample_kwargs
+):
+    """Sample ``model`` and ``reference``, print the summary and verdict, write the report.
+
+    Parameters
+    ----------
+    model, reference : mcg.Model or log-density
+        The density with the inner solve, and the same density in closed form.
+    args : argparse.Namespace
+        From :func:`parse_args`.
+    var_names : list of str, optional
+        Parameters to compare (default: every parameter both runs have).
+    reference_kwargs : dict, optional
+        Passed to ``mcg.sample`` for the reference run (``target_accept=0.99``, say).
+    quick : dict, optional
+        Overrides of the ``--quick`` settings (``num_samples=100``, say), for examples
+        whose every gradient is expensive.
+    **sample_kwargs
+        Passed to ``mcg.sample`` for the custom run (``generated_quantities=...``, say);
+        ``init`` is passed to both runs.
+
+    Returns
+    -------
+    idata, reference_idata, report
+        Both runs (``arviz.InferenceData``) and the ``mcg.ComparisonReport``.
+    """
+    settings = run_settings(args)
+    if args.quick and quick:
+        settings.update(quick)
+    print(
+        f"sampling: {settings['num_chains']} chains x {settings['num_samples']} draws after "
+        f"{settings['num_warmup']} warmup steps, custom gradient and reference",
+        flush=True,
+    )
+    idata = mcg.sample(model, **settings, progress_bar=False, **sample_kwargs)
+    reference_settings = {**settings, "warn": False, **(reference_kwargs or {})}
+    if "init" in sample_kwargs:
+        reference_settings.setdefault("init", sample_kwargs["init"])
+    reference_idata = mcg.sample(reference, **reference_settings, progress_bar=False)
+
+    print("\nArviZ summary of the custom-gradient run:")
+    print(mcg.diagnostics.summary(idata).to_string())
+
+    run_length = {}
+    if args.quick:
+        run_length = {
+            "min_chains": settings["num_chains"],
+            "min_draws": settings["num_samples"],
+            "min_ess": 100,
+            "rhat_max": 1.05,
+        }
+    report = mcg.compare_chains(idata, reference_idata, var_names=var_names, **run_length)
+    path = mcg.write_report(report, args.out)
+    print(f"\n{report.verdict}")
+    for line in report.failures + report.notes:
+        print(f"  - {line}")
+    print(f"report and figures: {path}")
+    return idata, reference_idata, report
+
+
+def exit_code(report) -> int:
+    """0 when the comparison passed, 1 when it failed (for shells and CI)."""
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("examples/_common.py is imported by the examples; run one of them instead.")
