@@ -21,6 +21,7 @@ of the comparison keep their levels. A quick verdict is a smoke test, not eviden
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
 
@@ -30,7 +31,7 @@ jax.config.update("jax_enable_x64", True)  # before anything touches JAX: float6
 
 import mcmc_customgrad as mcg  # noqa: E402
 
-__all__ = ["parse_args", "sample_and_compare", "run_settings"]
+__all__ = ["exit_code", "figure", "parse_args", "run_settings", "sample_and_compare"]
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -133,6 +134,20 @@ def sample_and_compare(
         print(f"  - {line}")
     print(f"report and figures: {path}")
     return idata, reference_idata, report
+
+
+@contextlib.contextmanager
+def figure(path, figsize=(8, 3.5)):
+    """Axes of a new matplotlib figure, saved as a PNG at ``path`` on leaving the block.
+
+    The object API (no ``pyplot``): no display needed, no global state changed.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="tight")
+    yield fig.subplots()
+    fig.savefig(path, dpi=100)
+    print("figure:", path)
 
 
 def exit_code(report) -> int:

@@ -26,18 +26,13 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from _common import exit_code, parse_args, sample_and_compare
+from _common import exit_code, figure, parse_args, sample_and_compare
 
 import mcmc_customgrad as mcg
 
 
 def plot_rate(idata, example, path, num_draws=200):
     """Posterior median and 90% band of ``exp(f)`` from ``num_draws`` recovered fields."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     post = idata.posterior
     rho = np.asarray(post["rho"]).reshape(-1)
     alpha = np.asarray(post["alpha"]).reshape(-1)
@@ -48,17 +43,13 @@ def plot_rate(idata, example, path, num_draws=200):
     rate = np.exp(np.asarray(f)[:, 0, :])
     lo, mid, hi = np.percentile(rate, [5, 50, 95], axis=0)
     x, y = np.asarray(example.data["x"]), np.asarray(example.data["y"])
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.fill_between(x, lo, hi, color="C0", alpha=0.3, label="90% band")
-    ax.plot(x, mid, color="C0", label="posterior median rate")
-    ax.plot(x, np.exp(np.asarray(example.data["f"])), "k--", label="true rate")
-    ax.plot(x, y, "o", color="k", ms=3, label="counts")
-    ax.set(xlabel="x", ylabel="rate", title="Poisson rate recovered by the Laplace Gaussian")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    with figure(path) as ax:
+        ax.fill_between(x, lo, hi, color="C0", alpha=0.3, label="90% band")
+        ax.plot(x, mid, color="C0", label="posterior median rate")
+        ax.plot(x, np.exp(np.asarray(example.data["f"])), "k--", label="true rate")
+        ax.plot(x, y, "o", color="k", ms=3, label="counts")
+        ax.set(xlabel="x", ylabel="rate", title="Poisson rate recovered by the Laplace Gaussian")
+        ax.legend(fontsize=8)
 
 
 def main(argv=None) -> int:
@@ -75,7 +66,7 @@ def main(argv=None) -> int:
         # diverges (docs/benchmarks.md), and a reference that diverges is no reference.
         reference_kwargs={"target_accept": 0.99},
     )
-    print("figure:", plot_rate(idata, example, args.out / "rate.png"))
+    plot_rate(idata, example, args.out / "rate.png")
     return exit_code(report)
 
 
