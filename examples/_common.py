@@ -129,7 +129,11 @@ def sample_and_compare(
         }
     report = mcg.compare_chains(idata, reference_idata, var_names=var_names, **run_length)
     path = mcg.write_report(report, args.out)
-    print(f"\n{report.verdict}")
+    if args.quick:
+        note = "(--quick: a smoke run, run-length checks scaled down; not evidence)"
+        path.write_text(f"> {note}\n\n{path.read_text()}")
+        print(f"\n{note}")
+    print(f"\n{report.verdict}" if not args.quick else report.verdict)
     for line in report.failures + report.notes:
         print(f"  - {line}")
     print(f"report and figures: {path}")

@@ -61,6 +61,7 @@ def _signature(obj) -> str:
     if target is not obj and params and params[0].name == "self":
         params = params[1:]
     text = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+    text = re.sub(r"ForwardRef\('([^']*)'\)", r"\1", text)  # postponed annotations
     return re.sub(r" at 0x[0-9a-f]+", "", text)  # default values that are functions
 
 

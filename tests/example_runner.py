@@ -40,6 +40,7 @@ def run_quick(name, tmp_path, capsys):
     for text in EXTRA_OUTPUT.get(name, []):
         assert text in out, text
     report = (tmp_path / "report.md").read_text()
-    assert report.startswith("# ")
+    assert report.startswith("> (--quick: a smoke run") and "\n# " in report
+    assert "(--quick: a smoke run" in out
     for figure in ["densities.png", "ranks.png", *EXTRA_FIGURES.get(name, [])]:
         assert (tmp_path / figure).stat().st_size > 10_000, figure

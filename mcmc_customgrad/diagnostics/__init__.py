@@ -12,7 +12,7 @@
 Every ArviZ call lives in ``_arviz`` (the one module to change for ArviZ 1.x).
 """
 
-from ._arviz import load, save, summary
+from ._arviz import load, save, summary, to_inference_data
 from ._checks import Diagnostic, SamplingWarning, diagnose
 from .calibration import SBCProblem, SBCReport, ecdf_bands, rank_chi_square, sbc, sbc_ranks
 from .compare import ComparisonReport, compare_chains, write_report
@@ -26,6 +26,7 @@ __all__ = [
     "load",
     "save",
     "summary",
+    "to_inference_data",
     "check_gradients",
     "GradientReport",
     "coupled_chains",

@@ -87,11 +87,40 @@ def is_inference_data(obj) -> bool:
 
 
 def to_inference_data(posterior, sample_stats, log_likelihood=None, attrs=None, dims=None):
-    """Build a run from dicts of ``(chain, draw, ...)`` NumPy arrays.
+    """Build a run, as :func:`~mcmc_customgrad.sample` returns, from arrays of draws.
 
-    An ``arviz.InferenceData`` under ArviZ 0.23, an ``xarray.DataTree`` under 1.x; either
-    way with the groups ``posterior``, ``sample_stats`` (and ``log_likelihood``), and
-    ``attrs`` on the run itself.
+    For draws made elsewhere (another sampler, a reference computed by hand) that the
+    diagnostics should read: the same call works on ArviZ 0.23 and 1.x.
+
+    Parameters
+    ----------
+    posterior : dict of str to array
+        ``{name: (chain, draw, ...) array}``.
+    sample_stats : dict of str to array
+        Sampler statistics with the same leading ``(chain, draw)`` axes (``diverging``,
+        ``energy``, ``n_steps``, ...); may be empty.
+    log_likelihood : dict of str to array, optional
+        Per-observation log-likelihoods, ``(chain, draw, observation)``.
+    attrs : dict, optional
+        Run attributes (settings, timings, gradient counts).
+    dims : dict, optional
+        Dimension names per variable, as ArviZ takes them.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        An ``InferenceData`` under ArviZ 0.23, a ``DataTree`` under 1.x; either way with
+        the groups ``posterior``, ``sample_stats`` (and ``log_likelihood``), and ``attrs``
+        on the run itself.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mcmc_customgrad as mcg
+    >>> draws = np.random.default_rng(0).normal(size=(4, 1000, 2))
+    >>> run = mcg.diagnostics.to_inference_data({"x": draws}, {})
+    >>> run.posterior["x"].shape
+    (4, 1000, 2)
     """
     groups = {"posterior": posterior, "sample_stats": sample_stats}
     if log_likelihood:
@@ -223,8 +252,9 @@ def rhat_draws(draws) -> np.ndarray:
 def kde(values) -> tuple[np.ndarray, np.ndarray]:
     """ArviZ's kernel density estimate of 1-d ``values``: ``(grid, density)``.
 
-    The same estimator on both versions (a Gaussian kernel with the ISJ bandwidth and
-    boundary correction); 512 grid points.
+    ArviZ's default estimator on either version (0.23's ``arviz.kde``, 1.x's
+    ``arviz_stats`` array KDE: a Gaussian kernel with ArviZ's default bandwidth rule and
+    boundary correction), on 512 grid points.
     """
     values = np.asarray(values, dtype=float).ravel()
     if ARVIZ_1:

@@ -474,7 +474,10 @@ class ComparisonReport:
             return "Efficiency: not judged (no step size, acceptance or gradient counts)."
         if self.efficiency_passed:
             return "Efficiency: PASSED (step size, acceptance, ESS per gradient evaluation)."
-        return f"Efficiency: FAILED ({len(self.efficiency_failures)} of the checks)."
+        return (
+            f"Efficiency: FAILED ({len(self.efficiency_failures)} of 3 checks; judged apart "
+            "from the verdict: a short run can miss by chance, a wrong gradient misses by far)."
+        )
 
     def __str__(self):
         parts = [self.verdict, "", self.table, "", self.efficiency_verdict]
@@ -998,7 +1001,8 @@ def compare_chains(
                     eff_failures.append(
                         f"efficiency: bulk ESS per gradient evaluation is {a:.3g} against "
                         f"{b:.3g} ({ratio:.2f} of the {names[1]}'s, below "
-                        f"{ess_per_grad_min:g}): check the gradient (coupled chains, §2)"
+                        f"{ess_per_grad_min:g}): check the gradient (coupled chains, "
+                        "docs/diagnostics.md §2)"
                     )
         efficiency.append(
             {

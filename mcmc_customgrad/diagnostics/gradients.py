@@ -189,7 +189,7 @@ class GradientReport:
         """One row per check, as a Markdown table."""
         lines = [
             "| check | what | points | entries | max abs error | max rel error | "
-            "worst parameter | worst point | tolerance | result |",
+            "worst parameter | worst point | tolerance (rel.) | result |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
