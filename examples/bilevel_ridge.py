@@ -11,8 +11,8 @@ optimality condition, one Hessian solve per gradient
 The same pattern fits any hyperparameter learned through an inner fit (a regularised
 regression, a kernel ridge, a smoothing spline).
 
-    python examples/bilevel_ridge.py            # 4 x 2,500 draws each
-    python examples/bilevel_ridge.py --quick    # a smoke run (what the tests do)
+    .venv/bin/python examples/bilevel_ridge.py            # 4 x 2,500 draws each
+    .venv/bin/python examples/bilevel_ridge.py --quick    # a smoke run (what the tests do)
 """
 
 from __future__ import annotations

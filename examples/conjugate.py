@@ -12,9 +12,9 @@ the closed form ``f(x) = |x|^q / q`` with ``1/p + 1/q = 1``. Part 2 samples the 
 ``sum_i N(x_i | 0, 1) + N(f(x) | 0, 1)`` in ``--dim`` dimensions with NUTS and compares the
 draws with those of the closed form.
 
-    python examples/conjugate.py                 # d = 3, p = 3: 4 x 2,500 draws each
-    python examples/conjugate.py --dim 10 --p 1.7
-    python examples/conjugate.py --quick         # a smoke run (what the tests do)
+    .venv/bin/python examples/conjugate.py                 # d = 3, p = 3: 4 x 2,500 draws each
+    .venv/bin/python examples/conjugate.py --dim 10 --p 1.7
+    .venv/bin/python examples/conjugate.py --quick         # a smoke run (what the tests do)
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ The school effects come back per posterior draw with ``mcg.laplace_latent_draws`
 as ``generated_quantities`` to ``mcg.sample``: they are in the posterior group as
 ``theta``, and the summary shows them next to ``mu`` and ``tau``.
 
-    python examples/eight_schools.py            # 4 x 2,500 draws each
-    python examples/eight_schools.py --quick    # a smoke run (what the tests do)
+    .venv/bin/python examples/eight_schools.py            # 4 x 2,500 draws each
+    .venv/bin/python examples/eight_schools.py --quick    # a smoke run (what the tests do)
 """
 
 from __future__ import annotations

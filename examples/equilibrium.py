@@ -10,8 +10,8 @@ iteration (``mcmc_customgrad/models/equilibrium.py``). The reference uses the cl
 Replace the map with your own (a market clearing price, a steady state of an ODE, a
 self-consistent field): the rest of the script does not change.
 
-    python examples/equilibrium.py            # 4 x 2,500 draws each
-    python examples/equilibrium.py --quick    # a smoke run (what the tests do)
+    .venv/bin/python examples/equilibrium.py            # 4 x 2,500 draws each
+    .venv/bin/python examples/equilibrium.py --quick    # a smoke run (what the tests do)
 """
 
 from __future__ import annotations

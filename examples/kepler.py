@@ -12,8 +12,8 @@ Six parameters (period, amplitude, eccentricity, argument of periapsis, phase, j
 script plots the data with the velocity curves of 50 posterior draws
 (``rv_curve.png``).
 
-    python examples/kepler.py            # 4 x 2,500 draws each
-    python examples/kepler.py --quick    # a smoke run (what the tests do)
+    .venv/bin/python examples/kepler.py            # 4 x 2,500 draws each
+    .venv/bin/python examples/kepler.py --quick    # a smoke run (what the tests do)
 """
 
 from __future__ import annotations

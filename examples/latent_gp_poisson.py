@@ -18,8 +18,8 @@ counts the posterior means of ``rho`` and ``alpha`` move by under 1% of a poster
 the posterior rate ``exp(f)`` against the counts and the true rate
 (``rate.png``).
 
-    python examples/latent_gp_poisson.py            # 4 x 2,500 draws each
-    python examples/latent_gp_poisson.py --quick    # a smoke run (what the tests do)
+    .venv/bin/python examples/latent_gp_poisson.py            # 4 x 2,500 draws each
+    .venv/bin/python examples/latent_gp_poisson.py --quick    # a smoke run (what the tests do)
 """
 
 from __future__ import annotations

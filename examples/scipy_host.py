@@ -13,8 +13,8 @@ inner solver; the reference is the closed form. Expect it to be much slower than
 solvers (one host round trip per gradient, and NUTS takes several per draw): this is the
 price of a solver JAX cannot see.
 
-    python examples/scipy_host.py            # 4 x 2,500 draws each
-    python examples/scipy_host.py --quick    # a smoke run (what the tests do)
+    .venv/bin/python examples/scipy_host.py            # 4 x 2,500 draws each
+    .venv/bin/python examples/scipy_host.py --quick    # a smoke run (what the tests do)
 """
 
 from __future__ import annotations
