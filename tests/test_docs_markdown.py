@@ -27,19 +27,31 @@ def test_every_page_has_code_that_runs():
     assert without == {"api.md", "benchmarks.md", "validation.md"}
 
 
-@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: p.name)
-def test_markdown_code_blocks_run(path, tmp_path):
+#: Pages that declare an environment run in test_docs_markdown_env.py (a file of its own,
+#: so that the two pytest-xdist workers share the documentation).
+IN_OWN_PROCESS = [p for p in MARKDOWN if ENV.match(p.read_text())]
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in MARKDOWN if p not in IN_OWN_PROCESS], ids=lambda p: p.name
+)
+def test_markdown_code_blocks_run(path):
+    namespace = {}
+    for block in BLOCK.findall(path.read_text()):
+        exec(compile(block, f"{path.name}", "exec"), namespace)
+
+
+def run_in_own_process(path, tmp_path):
+    """Run the page's blocks, in order, as one script in a fresh interpreter with the
+    environment its first line declares."""
     text = path.read_text()
     blocks = BLOCK.findall(text)
     env = ENV.match(text)
-    if env is None:
-        namespace = {}
-        for block in blocks:
-            exec(compile(block, f"{path.name}", "exec"), namespace)
-        return
     script = tmp_path / path.name.replace(".md", ".py")
     script.write_text("\n".join(blocks))
     extra = dict(item.split("=", 1) for item in env.group(1).split())
+    if "XLA_FLAGS" in extra:  # added to the flags the suite runs with (conftest.py)
+        extra["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
     proc = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
         capture_output=True,

@@ -1,0 +1,13 @@
+"""The documentation pages that run in a process of their own (see test_docs_markdown.py)."""
+
+import pytest
+from test_docs_markdown import IN_OWN_PROCESS, run_in_own_process
+
+
+def test_howto_runs_in_its_own_process():
+    assert [p.name for p in IN_OWN_PROCESS] == ["howto.md"]
+
+
+@pytest.mark.parametrize("path", IN_OWN_PROCESS, ids=lambda p: p.name)
+def test_markdown_code_blocks_run_in_own_process(path, tmp_path):
+    run_in_own_process(path, tmp_path)
