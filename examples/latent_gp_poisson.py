@@ -5,7 +5,7 @@ Sampling ``f`` with NUTS means sampling ``n + 2`` correlated parameters; instead
 is integrated out by the Laplace approximation, ``mcg.latent_gaussian_log_marginal`` (Newton
 on the stable ``B = I + W^1/2 K W^1/2`` form, adjoint-differentiated), and NUTS samples
 ``rho`` and ``alpha`` only (``mcmc_customgrad/models/latent_gp.py``). 30 simulated counts
-(12 in a ``--quick`` run). The field comes back
+(10 in a ``--quick`` run). The field comes back
 per posterior draw with ``mcg.models.latent_gp_poisson_latents`` (the Laplace Gaussian of
 ``f | rho, alpha, y``).
 
@@ -55,7 +55,7 @@ def plot_rate(idata, example, path, num_draws=200):
 def main(argv=None) -> int:
     """Sample, compare on rho and alpha, plot; exit 0 when the comparison passed."""
     args = parse_args("latent_gp_poisson", __doc__, argv)
-    example = mcg.models.latent_gp_poisson(num_obs=12 if args.quick else 30)
+    example = mcg.models.latent_gp_poisson(num_obs=10 if args.quick else 30)
     print("truth:", {k: float(v) for k, v in example.data["truth"].items()})
     idata, _, report = sample_and_compare(
         example.model,
