@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import laplace, models, stable
+from ._precision import Float32Warning
 from .caches import clear_caches
 from .diagnostics import (
     ComparisonReport,
@@ -62,6 +63,7 @@ __all__ = [
     "min_value",
     "SolverInfo",
     "SolverError",
+    "Float32Warning",
     "with_solver_stats",
     "SolverStats",
     "solvers",

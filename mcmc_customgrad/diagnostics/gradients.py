@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import float32_hint, warn_if_float32
 from ..logdensity import Model
 
 __all__ = ["GradientReport", "check_gradients"]
@@ -843,6 +844,7 @@ def check_gradients(
         "jit_rtol": jit_rtol,
         "repeat_rtol": repeat_rtol,
     }
+    warn_if_float32("mcg.check_gradients")
     _check_options(order, num_points, seed, tolerances)
     order, num_points = int(order), int(num_points)
     model = fn if isinstance(fn, Model) else None
@@ -952,6 +954,9 @@ def check_gradients(
             per = float(res.per_param[i])
             pr[res.name] = None if per == -math.inf else per
     used = {row["check"]: row["threshold"] for row in rows}
+    hint = float32_hint()
+    if hint and failures:
+        failures.append(hint.strip())
     return GradientReport(
         passed=not failures,
         failures=failures,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._precision import float32_hint
 from ._base import KINDS, Problem, SolverError, SolverInfo
 from .linear import resolve_linear_solver
 from .solvers import resolve_solver
@@ -317,9 +318,11 @@ def _raise_if_failed(where, solver_repr, converged, residual_norm, num_steps):
     raise SolverError(
         f"{where} did not converge: residual norm {float(np.max(residual_norm)):.3e} after "
         f"{int(np.max(num_steps))} steps of {solver_repr}. Try a start y0 nearer the "
-        "solution, a larger max_steps, a looser rtol/atol, or another solver; "
+        "solution, a larger max_steps, or another solver. A looser rtol/atol also makes it "
+        "converge, but then the value is exact only to that tolerance, and an inexact value "
+        "biases the posterior (an inexact gradient only slows HMC down); "
         "on_failure='nan' (the default) returns NaN instead so that a sampler rejects "
-        "the proposal."
+        f"the proposal.{float32_hint()}"
     )
 
 

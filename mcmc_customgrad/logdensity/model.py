@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import warn_if_float32
 from .constraints import Constraint
 
 __all__ = ["Model"]
@@ -95,6 +96,7 @@ class Model:
                 "Model: log_likelihood_fn must be callable or None, got "
                 f"{type(log_likelihood_fn).__name__}."
             )
+        warn_if_float32("mcg.Model")
         if not isinstance(params, Mapping) or not params:
             raise TypeError("Model: params must be a non-empty dict of name -> constraint.")
         for name, c in params.items():
@@ -115,6 +117,82 @@ class Model:
         if self.dim == 0:
             raise ValueError("Model: every parameter has size 0; there is nothing to sample.")
         self._check()
+
+    @classmethod
+    def from_numpyro(cls, model_fn: Callable, /, *args, **kwargs) -> Model:
+        """A NumPyro model as a Model: its latent sites become the parameters.
+
+        NumPyro computes the density (``numpyro.infer.util.log_density`` with the latent
+        sites substituted): priors, observed sites, ``numpyro.factor`` terms, all of it.
+        Each latent site keeps its name and constrained shape; its support's bijection
+        (NumPyro's ``biject_to``) becomes :func:`~mcmc_customgrad.real`,
+        :func:`~mcmc_customgrad.positive` or :func:`~mcmc_customgrad.interval` (the same
+        maps, so the unconstrained coordinates and ``model.logdensity`` equal NumPyro's
+        ``-potential_energy``), or, for other shape-keeping bijections (``ordered_vector``,
+        ``greater_than``, ...), a wrapper of NumPyro's own. Inner solves
+        (``mcg.min_value``, ``mcg.root``, ...) may appear anywhere in the model.
+
+        Parameters
+        ----------
+        model_fn : callable
+            The NumPyro model, a function calling ``numpyro.sample``.
+        *args, **kwargs
+            The model's arguments (the data), bound now: every evaluation uses them.
+
+        Returns
+        -------
+        NumPyroModel
+            A Model; ``log_likelihood`` gives the pointwise log-likelihoods of the observed
+            sites (``numpyro.factor`` terms excluded), concatenated in site order, for
+            ArviZ's LOO and WAIC; ``deterministics(params, key)`` gives the
+            ``numpyro.deterministic`` sites: pass it as ``generated_quantities`` to
+            :func:`~mcmc_customgrad.sample` to record them.
+
+        Raises
+        ------
+        ImportError
+            NumPyro is not installed: ``pip install 'mcmc_customgrad[numpyro]'``.
+        NotImplementedError
+            For discrete latent sites, plates with ``subsample_size``, ``numpyro.param``
+            sites, supports whose bijection changes the shape (``simplex``,
+            ``corr_cholesky``, ...) or whose bounds depend on other latent sites; the
+            message names the site and what to do instead.
+        ValueError
+            When the model has no latent site, or a latent ``Delta`` site.
+
+        Notes
+        -----
+        See ``mcmc_customgrad.logdensity.numpyro`` and the "NumPyro models" section of
+        docs/model.md, which also runs an inner solve under NumPyro's own NUTS and compares
+        the two samplers.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> import numpyro, numpyro.distributions as dist
+        >>> from numpyro.infer.util import potential_energy
+        >>> import mcmc_customgrad as mcg
+        >>> def model(y, prior_scale=5.0):
+        ...     mu = numpyro.sample("mu", dist.Normal(0.0, prior_scale))
+        ...     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+        ...     with numpyro.plate("obs", y.shape[0]):
+        ...         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+        >>> y = jnp.array([0.4, -1.1, 2.3, 0.8])
+        >>> model_ = mcg.Model.from_numpyro(model, y, prior_scale=2.0)
+        >>> model_.names, model_.dim, model_.constraints["sigma"]
+        (('mu', 'sigma'), 2, _Positive(shape=()))
+        >>> u = jnp.array([0.3, -0.2])  # unconstrained: sigma = exp(-0.2)
+        >>> numpyro_u = {"mu": u[0], "sigma": u[1]}
+        >>> pe = potential_energy(model, (y,), {"prior_scale": 2.0}, numpyro_u)
+        >>> bool(jnp.isclose(model_.logdensity(u), -pe, rtol=1e-12))
+        True
+        >>> model_.log_likelihood(u).shape  # one term per observation
+        (4,)
+        """
+        from .numpyro import from_numpyro
+
+        return from_numpyro(model_fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ transforms
     def _split(self, flat):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import warn_if_float32
 from ..diagnostics import _arviz
 from ..diagnostics._checks import SamplingWarning, diagnose
 from ..implicit.stats import with_solver_stats
@@ -469,6 +470,7 @@ def sample(
             "sample: generated_quantities must be a callable (params, key) -> dict, got "
             f"{type(generated_quantities).__name__}."
         )
+    warn_if_float32("mcg.sample")
     _check_settings(
         kernel,
         chain_method,
