@@ -71,9 +71,16 @@ class Constraint:
         """True when every element of ``x`` lies in the support."""
         return bool(np.all(np.isfinite(np.asarray(x))))
 
+    def _shape_repr(self) -> str:
+        return f"shape={self.shape}" if self.shape else ""
+
 
 @dataclasses.dataclass(frozen=True)
 class _Real(Constraint):
+    # Shown in messages as the public call that makes it, not as the private class.
+    def __repr__(self):
+        return f"mcg.real({self._shape_repr()})"
+
     def forward(self, u):
         return u
 
@@ -86,6 +93,9 @@ class _Real(Constraint):
 
 @dataclasses.dataclass(frozen=True)
 class _Positive(Constraint):
+    def __repr__(self):
+        return f"mcg.positive({self._shape_repr()})"
+
     def forward(self, u):
         return jnp.exp(u)
 
@@ -115,6 +125,10 @@ class _Interval(Constraint):
             )
         object.__setattr__(self, "lower", lo)
         object.__setattr__(self, "upper", hi)
+
+    def __repr__(self):
+        args = [f"{self.lower!r}", f"{self.upper!r}"] + ([self._shape_repr()] if self.shape else [])
+        return f"mcg.interval({', '.join(args)})"
 
     def forward(self, u):
         # Written from the nearer end so that the distance to that end keeps its relative
