@@ -29,14 +29,24 @@ distribution. :func:`compare_chains` checks both, in three groups:
     alone fails correct runs several percent of the time (the library's ridge model
     did, at z = 2.3).
 
-``passed`` is all of these. Efficiency (adapted step size ratio in [0.8, 1.25], mean
-acceptance within 0.05, ESS per gradient evaluation at least 0.8 of the reference's, with
-each side's bulk ESS capped at its number of draws: an ESS above that comes from
-antithetic chains, where ``1 + 2 sum(rho)`` is small and its estimate noisy, and the
-uncapped ratio failed correct runs; the seed 000 conjugate at 4 x 2,500 draws gave 0.76)
-is reported beside them and judged separately in ``efficiency_passed``. ``passed`` says the
-draws have the right distribution, which is where a wrong log-density *value* shows;
-``efficiency_passed`` is where a wrong *gradient* shows. A validation needs both.
+``passed`` is all of these. ``passed`` says the draws have the right distribution, which
+is where a wrong log-density *value* shows. Efficiency is where a wrong *gradient* shows,
+and is judged separately in ``efficiency_passed``; a validation needs both. Four
+efficiency figures are judged: the adapted step size ratio (within [0.8, 1.25]), the
+difference of mean acceptance (within 0.05), the ratio of gradient evaluations per draw
+(at most 1.25) and the ratio of bulk ESS per gradient evaluation (at least 0.8; each
+side's ESS capped at its number of draws, since an ESS above that comes from antithetic
+chains, where ``1 + 2 sum(rho)`` is small and its estimate noisy). A point estimate
+against such a bound is not a test: the ESS per gradient evaluation of a correct run
+varies by about 11% from run to run (seed 000's conjugate at 4 x 2,500 draws), so the
+ratio of two correct runs fell below 0.8 in about one comparison in twelve. Each figure
+therefore gets an interval from the spread between chains (each chain adapts its own step
+size and mass matrix, so chains are the replicates; the spread is pooled over both runs,
+``Ca + Cb - 2`` degrees of freedom, Student t), at level ``1 - alpha / k`` for ``k``
+judged figures, and a figure fails only when its whole interval lies outside its
+requirement. A correct density fails the line with probability below ``alpha`` even at
+the edge of the requirements, and far less at ratio 1; the false-alarm rate and the power
+against a wrong gradient, measured over 100 seeds, are in ``docs/diagnostics.md``.
 
 Every test family has level ``alpha``, so a comparison of two correct runs fails with
 probability at most about ``3 * alpha`` (z-scores, KS, energy; Bonferroni is conservative;
@@ -279,6 +289,9 @@ def _efficiency(side: _Side, summary):
         # near-Gaussian targets) is estimated from 1 + 2 sum(rho) near 0, so its noise is
         # amplified several-fold; the efficiency ratio caps it at the draws (see the
         # module notes). A wrong gradient costs far more than that hides.
+        "grads_per_draw": (
+            float(np.mean(n_steps)) if n_steps is not None and n_steps.size else None
+        ),
         "ess_per_grad": min(ess_bulk, side.num_chains * side.num_draws) / grads if grads else None,
         "ess_per_second": ess_bulk / seconds if seconds else None,
         "divergences": divergences,
@@ -286,9 +299,72 @@ def _efficiency(side: _Side, summary):
     }
 
 
+def _per_chain(side: _Side, grads):
+    """Per-chain efficiency numbers (the batches of the intervals); ``None`` where missing.
+
+    Each chain adapts its own step size and mass matrix, so chains are the independent
+    replicates of everything efficiency measures; the spread between them is the Monte
+    Carlo noise of the run's figures.
+    """
+    step = _stat(side.idata, "step_size")
+    accept = _stat(side.idata, "acceptance_rate")
+    n_steps = _stat(side.idata, "n_steps")
+    chains, draws = side.num_chains, side.num_draws
+    if n_steps is not None:
+        grads_chain = n_steps.reshape(chains, -1).sum(axis=1).astype(float)
+    elif grads:  # only the total is known: shared evenly
+        grads_chain = np.full(chains, grads / chains)
+    else:
+        grads_chain = None
+    ess = np.array(
+        [
+            min(float(np.nanmin(_arviz.ess_draws(side.draws[c : c + 1], "bulk"))), draws)
+            for c in range(chains)
+        ]
+    )
+    return {
+        "step_size": step.reshape(chains, -1).mean(axis=1) if step is not None else None,
+        "acceptance": accept.reshape(chains, -1).mean(axis=1) if accept is not None else None,
+        "grads_per_draw": (
+            n_steps.reshape(chains, -1).mean(axis=1).astype(float) if n_steps is not None else None
+        ),
+        "ess_per_grad": ess / grads_chain if grads_chain is not None else None,
+    }
+
+
+def _interval(a, b, point, level, log):
+    """Two-sided ``level`` interval of a ratio (or, ``log=False``, a difference).
+
+    ``point`` is the estimate; ``a`` and ``b`` are the two runs' per-chain values. The
+    standard error comes from the spread between chains, pooled over both runs (under the
+    hypothesis that the two densities sample alike, both runs' chains are replicates of
+    one process, which gives ``Ca + Cb - 2`` degrees of freedom), on the log scale for
+    ratios (delta method: relative spread). ``None`` with fewer than three chains in all.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    df = len(a) + len(b) - 2
+    if df < 1 or point is None or not np.isfinite(point) or (log and point <= 0):
+        return None
+    if log:
+        spread_a, spread_b = (
+            np.var(a, ddof=1) / np.mean(a) ** 2,
+            np.var(b, ddof=1) / np.mean(b) ** 2,
+        )
+    else:
+        spread_a, spread_b = np.var(a, ddof=1), np.var(b, ddof=1)
+    pooled = ((len(a) - 1) * spread_a + (len(b) - 1) * spread_b) / df
+    se = math.sqrt(pooled * (1.0 / len(a) + 1.0 / len(b)))
+    t = float(_stats.t.isf((1.0 - level) / 2.0, df))
+    if log:
+        centre = math.log(point)
+        return (math.exp(centre - t * se), math.exp(centre + t * se))
+    return (point - t * se, point + t * se)
+
+
 _EFFICIENCY_ROWS = (
     ("step_size", "adapted step size (mean over chains)"),
     ("acceptance", "mean acceptance"),
+    ("grads_per_draw", "gradient evaluations per draw"),
     ("ess_bulk_min", "bulk ESS (min over parameters)"),
     ("ess_tail_min", "tail ESS (min over parameters)"),
     ("grad_evals", "gradient evaluations (draws)"),
@@ -297,6 +373,17 @@ _EFFICIENCY_ROWS = (
     ("ess_per_second", "bulk ESS per second"),
     ("divergences", "divergences"),
     ("solver_failures", "inner-solver failures (rejected)"),
+)
+
+#: The efficiency checks that are judged, in the order of the table.
+_JUDGED = ("step_size", "acceptance", "grads_per_draw", "ess_per_grad")
+
+#: What lowers efficiency besides a wrong gradient (for failure messages).
+_OTHER_CAUSES = (
+    "inner-solver failures (each rejects its proposal: see their count in the efficiency "
+    "table), a loose inner tolerance (a gradient exact only to that tolerance), a "
+    "different parameterisation, constraint or mass matrix of the two densities, or "
+    "different sampler settings (target_accept, warmup length, max_treedepth)"
 )
 
 
@@ -435,7 +522,7 @@ class ComparisonReport:
 
     @property
     def efficiency_table(self) -> str:
-        """Markdown table of efficiency, both sides, and the protocol's requirements."""
+        """Markdown table of efficiency: both sides, the ratio with its interval, the test."""
         rows = []
         for e in self.efficiency:
             if e["difference"] is not None:
@@ -446,11 +533,23 @@ class ComparisonReport:
                 versus = ""
             else:
                 versus = "n/a"
+            interval = e.get("interval")
+            shown = f"[{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""
             judged = "" if e["passed"] is None else e["passed"]
             rows.append(
-                [e["metric"], e["custom"], e["reference"], versus, e["requirement"] or "", judged]
+                [
+                    e["metric"],
+                    e["custom"],
+                    e["reference"],
+                    versus,
+                    shown,
+                    e["requirement"] or "",
+                    judged,
+                ]
             )
-        header = ["metric", *self.names, "custom vs reference", "requirement", "passed"]
+        level = self.settings.get("efficiency_level")
+        title = f"{level:.2%} interval" if level else "interval"
+        header = ["metric", *self.names, "custom vs reference", title, "requirement", "passed"]
         return _markdown(header, rows)
 
     @property
@@ -470,13 +569,20 @@ class ComparisonReport:
     @property
     def efficiency_verdict(self) -> str:
         """One line on efficiency (judged apart from ``passed``)."""
+        judged = [e for e in self.efficiency if e["passed"] is not None]
         if self.efficiency_passed is None:
             return "Efficiency: not judged (no step size, acceptance or gradient counts)."
+        level = self.settings["efficiency_level"]
         if self.efficiency_passed:
-            return "Efficiency: PASSED (step size, acceptance, ESS per gradient evaluation)."
+            what = ", ".join(e["metric"] for e in judged)
+            return (
+                f"Efficiency: PASSED ({len(judged)} checks, {level:.2%} intervals from the "
+                f"spread between chains: {what})."
+            )
         return (
-            f"Efficiency: FAILED ({len(self.efficiency_failures)} of 3 checks; judged apart "
-            "from the verdict: a short run can miss by chance, a wrong gradient misses by far)."
+            f"Efficiency: FAILED ({len(self.efficiency_failures)} of {len(judged)} checks: an "
+            f"interval lies wholly outside its requirement, which a correct density does with "
+            f"probability below {self.settings['alpha']:g}; judged apart from the verdict)."
         )
 
     def __str__(self):
@@ -579,6 +685,8 @@ def compare_chains(
     max_energy_draws=1000,
     seed=0,
     names=("custom", "reference"),
+    grads_per_draw_max=1.25,
+    gradients_passed=None,
 ) -> ComparisonReport:
     """Compare custom-gradient draws with reference draws (validation.md §3).
 
@@ -600,7 +708,8 @@ def compare_chains(
     rhat_max, min_ess, min_chains, min_draws, ebfmi_min : float or int
         Per-side requirements (pooled R-hat uses ``rhat_max`` too).
     step_size_range, acceptance_tol, ess_per_grad_min : float
-        Efficiency requirements (judged in ``efficiency_passed`` only).
+        Efficiency requirements (judged in ``efficiency_passed`` only): a figure fails when
+        its whole ``1 - alpha / k`` interval lies outside (module notes).
     num_permutations : int
         Permutations of the energy-distance test.
     max_energy_draws : int
@@ -609,6 +718,12 @@ def compare_chains(
         Seed of the permutations and of the subsampling for the energy test.
     names : tuple of str
         How the two runs are called in the report.
+    grads_per_draw_max : float
+        Efficiency requirement on the ratio of gradient evaluations per draw.
+    gradients_passed : bool or None
+        The result of :func:`~mcmc_customgrad.check_gradients` in the same run (its
+        ``passed``), if one was made: efficiency failures then name the likely causes
+        (with True, never the gradient). None: not checked.
 
     Returns
     -------
@@ -657,6 +772,22 @@ def compare_chains(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if int(num_permutations) < 1:
         raise ValueError(f"num_permutations must be at least 1, got {num_permutations}")
+    if gradients_passed not in (None, True, False):
+        raise ValueError(
+            "gradients_passed must be None (not checked in this run), True or False (the "
+            f"result of mcg.check_gradients, e.g. report.passed), got {gradients_passed!r}"
+        )
+    lo, hi = step_size_range
+    if not 0 < lo <= 1 <= hi:
+        raise ValueError(
+            f"step_size_range must be (lo, hi) with 0 < lo <= 1 <= hi, got {step_size_range}"
+        )
+    if not (acceptance_tol > 0 and grads_per_draw_max >= 1 and 0 < ess_per_grad_min <= 1):
+        raise ValueError(
+            "efficiency requirements need acceptance_tol > 0, grads_per_draw_max >= 1 and "
+            f"0 < ess_per_grad_min <= 1, got {acceptance_tol}, {grads_per_draw_max}, "
+            f"{ess_per_grad_min}"
+        )
     names = tuple(str(n) for n in names)
     if len(names) != 2:
         raise ValueError(f"names must be two strings (custom, reference), got {names}")
@@ -964,58 +1095,19 @@ def compare_chains(
     )
 
     # Efficiency, beside the verdict.
-    ea, eb = _efficiency(cus, sa), _efficiency(ref, sb)
-    efficiency, eff_failures = [], []
-    lo, hi = step_size_range
-    for key, metric in _EFFICIENCY_ROWS:
-        a, b = ea[key], eb[key]
-        ratio = difference = None
-        if a is not None and b is not None and key not in _NO_RATIO:
-            ratio = float(a / b) if b else None
-        requirement, ok = None, None
-        if key == "step_size":
-            requirement = f"ratio in [{lo:g}, {hi:g}]"
-            if ratio is not None:
-                ok = lo <= ratio <= hi
-                if not ok:
-                    eff_failures.append(
-                        f"efficiency: adapted step size ratio {names[0]}/{names[1]} is "
-                        f"{ratio:.3f} ({a:.4g} vs {b:.4g}), outside [{lo:g}, {hi:g}]: a "
-                        "wrong gradient makes the adaptation shrink the step"
-                    )
-        elif key == "acceptance":
-            requirement = f"difference within {acceptance_tol:g}"
-            if a is not None and b is not None:
-                difference = float(a - b)
-                ok = abs(a - b) <= acceptance_tol
-                if not ok:
-                    eff_failures.append(
-                        f"efficiency: mean acceptance differs by {a - b:+.3f} ({a:.3f} vs "
-                        f"{b:.3f}), more than {acceptance_tol:g}"
-                    )
-        elif key == "ess_per_grad":
-            requirement = f"ratio >= {ess_per_grad_min:g}"
-            if ratio is not None:
-                ok = ratio >= ess_per_grad_min
-                if not ok:
-                    eff_failures.append(
-                        f"efficiency: bulk ESS per gradient evaluation is {a:.3g} against "
-                        f"{b:.3g} ({ratio:.2f} of the {names[1]}'s, below "
-                        f"{ess_per_grad_min:g}): check the gradient (coupled chains, "
-                        "docs/diagnostics.md §2)"
-                    )
-        efficiency.append(
-            {
-                "metric": metric,
-                "key": key,
-                "custom": a,
-                "reference": b,
-                "ratio": ratio,
-                "difference": difference,
-                "requirement": requirement,
-                "passed": ok,
-            }
-        )
+    efficiency, eff_failures, eff_level = _judge_efficiency(
+        cus,
+        ref,
+        _efficiency(cus, sa),
+        _efficiency(ref, sb),
+        names=names,
+        alpha=alpha,
+        step_size_range=step_size_range,
+        acceptance_tol=acceptance_tol,
+        grads_per_draw_max=grads_per_draw_max,
+        ess_per_grad_min=ess_per_grad_min,
+        gradients_passed=gradients_passed,
+    )
     judged = [e["passed"] for e in efficiency if e["passed"] is not None]
     eff_passed = all(judged) if judged else None
 
@@ -1033,6 +1125,12 @@ def compare_chains(
         "min_chains": min_chains,
         "min_draws": min_draws,
         "ebfmi_min": ebfmi_min,
+        "step_size_range": tuple(step_size_range),
+        "acceptance_tol": acceptance_tol,
+        "grads_per_draw_max": grads_per_draw_max,
+        "ess_per_grad_min": ess_per_grad_min,
+        "efficiency_level": eff_level,
+        "gradients_passed": gradients_passed,
         "num_permutations": int(num_permutations),
         "energy_draws": (len(joint[0]), len(joint[1])),
         "energy_distance": energy,
@@ -1054,6 +1152,112 @@ def compare_chains(
         _custom=cus,
         _reference=ref,
     )
+
+
+def _cause(names, gradients_passed) -> str:
+    """What to look at when efficiency fails, given what the gradient check said."""
+    if gradients_passed is True:
+        return (
+            "the gradient check passed in this run, so the gradient is not the cause; "
+            f"look at {_OTHER_CAUSES}"
+        )
+    if gradients_passed is False:
+        return (
+            "the gradient check failed in this run, the likely cause (a wrong gradient that "
+            "depends on the position only leaves the draws right and slows HMC down); "
+            f"otherwise {_OTHER_CAUSES}"
+        )
+    return (
+        "check the gradient (mcg.check_gradients, coupled chains: docs/diagnostics.md §2); "
+        f"other causes: {_OTHER_CAUSES}"
+    )
+
+
+def _judge_efficiency(
+    cus,
+    ref,
+    ea,
+    eb,
+    *,
+    names,
+    alpha,
+    step_size_range,
+    acceptance_tol,
+    grads_per_draw_max,
+    ess_per_grad_min,
+    gradients_passed,
+):
+    """Rows of the efficiency table and the failures of the judged checks.
+
+    Each judged metric gets a two-sided ``1 - alpha / k`` interval (``k`` judged checks,
+    Bonferroni) from the spread between chains (:func:`_interval`), and fails only when
+    the whole interval lies outside its acceptable range: a correct density (ratio 1,
+    difference 0) fails a check with probability below ``alpha / (2 k)``, and the line
+    with probability below ``alpha`` even at the edge of the ranges.
+    """
+    lo, hi = step_size_range
+    pa, pb = _per_chain(cus, ea["grad_evals"]), _per_chain(ref, eb["grad_evals"])
+    ranges = {
+        "step_size": (lo, hi, f"ratio in [{lo:g}, {hi:g}]"),
+        "acceptance": (-acceptance_tol, acceptance_tol, f"difference within {acceptance_tol:g}"),
+        "grads_per_draw": (0.0, grads_per_draw_max, f"ratio <= {grads_per_draw_max:g}"),
+        "ess_per_grad": (ess_per_grad_min, math.inf, f"ratio >= {ess_per_grad_min:g}"),
+    }
+    judgeable = [
+        key
+        for key in _JUDGED
+        if ea[key] is not None
+        and eb[key] is not None
+        and pa[key] is not None
+        and pb[key] is not None
+    ]
+    level = 1.0 - alpha / max(len(judgeable), 1)
+    cause = _cause(names, gradients_passed)
+    efficiency, failures = [], []
+    for key, metric in _EFFICIENCY_ROWS:
+        a, b = ea[key], eb[key]
+        ratio = difference = interval = None
+        if a is not None and b is not None and key not in _NO_RATIO:
+            ratio = float(a / b) if b else None
+        if key == "acceptance" and a is not None and b is not None:
+            difference = float(a - b)
+        requirement, ok = (ranges[key][2] if key in ranges else None), None
+        if key in judgeable:
+            log = key != "acceptance"
+            interval = _interval(pa[key], pb[key], ratio if log else difference, level, log)
+            low, high = ranges[key][:2]
+            if interval is not None:
+                ok = not (interval[1] < low or interval[0] > high)
+            if ok is False:
+                shown = f"{ratio:.3f}" if log else f"{difference:+.3f}"
+                what = {
+                    "step_size": f"adapted step size ratio {names[0]}/{names[1]} is {shown} "
+                    f"({a:.4g} vs {b:.4g})",
+                    "acceptance": f"mean acceptance differs by {shown} ({a:.3f} vs {b:.3f})",
+                    "grads_per_draw": f"gradient evaluations per draw: {names[0]} needs {shown} "
+                    f"times the {names[1]}'s ({a:.3g} vs {b:.3g})",
+                    "ess_per_grad": f"bulk ESS per gradient evaluation is {a:.3g} against "
+                    f"{b:.3g} ({shown} of the {names[1]}'s)",
+                }[key]
+                failures.append(
+                    f"efficiency: {what}; its {level:.2%} interval "
+                    f"[{interval[0]:.3g}, {interval[1]:.3g}] lies outside the requirement "
+                    f"({requirement}): {cause}"
+                )
+        efficiency.append(
+            {
+                "metric": metric,
+                "key": key,
+                "custom": a,
+                "reference": b,
+                "ratio": ratio,
+                "difference": difference,
+                "interval": interval,
+                "requirement": requirement,
+                "passed": ok,
+            }
+        )
+    return efficiency, failures, level
 
 
 def write_report(report: ComparisonReport, out_dir, figures=True, *, max_panels=12) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
 from . import _arviz
 
@@ -23,6 +24,8 @@ __all__ = [
     "comparison_figures",
     "plot_densities",
     "plot_efficiency",
+    "efficiency_entries",
+    "efficiency_figure",
     "plot_ranks",
     "plot_traces",
 ]
@@ -181,12 +184,81 @@ def plot_traces(custom, reference, labels, path, *, names=("custom", "reference"
     return Path(path)
 
 
-def plot_efficiency(report, path, *, max_panels=12):
-    """Bars of bulk and tail ESS per parameter and of the efficiency ratios of a report.
+#: Colours of a judged efficiency figure: passed, failed, not judged.
+_VERDICT_COLORS = {True: "tab:green", False: "tab:red", None: "0.55"}
+_RATIO_LABELS = {
+    "step_size": "step size",
+    "grads_per_draw": "gradient evals / draw",
+    "ess_per_grad": "ESS / gradient eval",
+    "ess_per_second": "ESS / second",
+}
 
-    ``report`` is a :class:`~mcmc_customgrad.diagnostics.compare.ComparisonReport`; the
-    right panel shows custom/reference ratios of step size, ESS per gradient evaluation
-    and ESS per second (where both runs recorded them) against the protocol's bounds.
+
+def _requirement_band(key, settings):
+    """The acceptable range of a judged ratio, ``(low, high)``; None when not judged."""
+    if key == "step_size":
+        return tuple(settings.get("step_size_range", (0.8, 1.25)))
+    if key == "grads_per_draw":
+        return (0.0, settings.get("grads_per_draw_max", 1.25))
+    if key == "ess_per_grad":
+        return (settings.get("ess_per_grad_min", 0.8), math.inf)
+    return None
+
+
+def _forest(ax, entries, *, log, unit):
+    """Draw one row per entry: requirement band, estimate and interval coloured by verdict.
+
+    Returns the x-limits used.
+    """
+    values = [v for e in entries for v in (e["value"], *(e["interval"] or ())) if v is not None]
+    values += [v for e in entries for v in (e["band"] or ()) if v is not None and np.isfinite(v)]
+    values = [v for v in values if np.isfinite(v) and (v > 0 or not log)]
+    lo, hi = min(values), max(values)
+    if log:
+        pad = (hi / lo) ** 0.08 if hi > lo else 1.25
+        limits = (lo / pad, hi * pad)
+        ax.set_xscale("log")
+    else:
+        pad = 0.08 * (hi - lo) if hi > lo else 0.05
+        limits = (lo - pad, hi + pad)
+    for y, e in enumerate(entries):
+        if e["band"] is not None:
+            low, high = max(e["band"][0], limits[0]), min(e["band"][1], limits[1])
+            ax.fill_betweenx([y - 0.35, y + 0.35], low, high, color="tab:green", alpha=0.12, lw=0)
+        color = _VERDICT_COLORS[e["passed"]]
+        if e["interval"] is not None:
+            ax.plot(e["interval"], [y, y], color=color, lw=2.5, solid_capstyle="butt")
+        ax.plot([e["value"]], [y], "o", color=color, ms=7)
+    ax.axvline(0.0 if not log else 1.0, color="k", lw=0.8)
+    ax.set_xlim(limits)
+    ax.set_ylim(-0.6, len(entries) - 0.4)
+    verdicts = {True: "passed", False: "FAILED", None: "not judged"}
+    ax.set_yticks(range(len(entries)), [f"{e['label']}\n{verdicts[e['passed']]}" for e in entries])
+    for tick, e in zip(ax.get_yticklabels(), entries, strict=True):
+        tick.set_color(_VERDICT_COLORS[e["passed"]] if e["passed"] is not True else "k")
+    if log:
+        # The requirements' bounds when they fit; powers of two on wide ranges.
+        fine = limits[1] / limits[0] < 8
+        ticks = (0.5, 0.8, 1.0, 1.25, 2.0) if fine else (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+        ticks = [t for t in ticks if limits[0] <= t <= limits[1]]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
+    return limits
+
+
+def plot_efficiency(report, path, *, max_panels=12):
+    """Bars of bulk and tail ESS per parameter, and the efficiency figures of a report.
+
+    ``report`` is a :class:`~mcmc_customgrad.diagnostics.compare.ComparisonReport`. The
+    middle panel shows each custom/reference ratio (step size, gradient evaluations per
+    draw, ESS per gradient evaluation, ESS per second) as a dot with its interval, over
+    its requirement (the shaded band); the right panel the difference of mean acceptance.
+    Dots and intervals are green when the check passed, red when it failed and grey when
+    the figure is not judged (ESS per second: timings are not comparable across
+    machines and loads).
 
     Examples
     --------
@@ -203,10 +275,74 @@ def plot_efficiency(report, path, *, max_panels=12):
     ...     path.read_bytes()[1:4]
     b'PNG'
     """
+    fig = efficiency_figure(report, max_panels=max_panels)
+    fig.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+def efficiency_entries(report):
+    """The rows of the efficiency panels, ``(ratios, acceptance)``.
+
+    Each row is a dict: ``label``, ``value``, ``interval``, ``band`` (the requirement;
+    None when not judged) and ``passed`` (None when not judged); ``acceptance`` is None
+    when neither run recorded it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad.diagnostics.compare import compare_chains
+    >>> rng = np.random.default_rng(0)
+    >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(4, 500))}, {})
+    >>> efficiency_entries(compare_chains(run(), run(), min_draws=500))
+    ([], None)
+    """
+    by_key = {e["key"]: e for e in report.efficiency}
+    ratios = []
+    for key, label in _RATIO_LABELS.items():
+        e = by_key.get(key)
+        if e is None or e["ratio"] is None or not np.isfinite(e["ratio"]) or e["ratio"] <= 0:
+            continue
+        judged = e["passed"] is not None
+        ratios.append(
+            {
+                "label": label,
+                "value": e["ratio"],
+                "interval": e.get("interval"),
+                "band": _requirement_band(key, report.settings) if judged else None,
+                "passed": e["passed"],
+            }
+        )
+    accept, acceptance = by_key.get("acceptance"), None
+    if accept is not None and accept["difference"] is not None:
+        tol = report.settings.get("acceptance_tol", 0.05)
+        acceptance = {
+            "label": "acceptance",
+            "value": accept["difference"],
+            "interval": accept.get("interval"),
+            "band": (-tol, tol) if accept["passed"] is not None else None,
+            "passed": accept["passed"],
+        }
+    return ratios, acceptance
+
+
+def efficiency_figure(report, *, max_panels=12) -> Figure:
+    """The figure :func:`plot_efficiency` writes, unsaved (ESS bars, ratios, acceptance).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad.diagnostics.compare import compare_chains
+    >>> rng = np.random.default_rng(0)
+    >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(4, 500))}, {})
+    >>> len(efficiency_figure(compare_chains(run(), run(), min_draws=500)).axes)
+    3
+    """
     names = report.names
     rows = report.rows[:max_panels]
-    fig = Figure(figsize=(12.0, 4.0), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=(2, 1))
+    fig = Figure(figsize=(13.0, 4.2), layout="constrained")
+    left, middle, right = fig.subplots(1, 3, width_ratios=(2.2, 1.5, 0.9))
     x = np.arange(len(rows))
     width = 0.2
     bars = (
@@ -228,29 +364,33 @@ def plot_efficiency(report, path, *, max_panels=12):
     left.set_xticks(x, [r["parameter"] for r in rows], rotation=45 if len(rows) > 6 else 0)
     left.set_ylabel("effective sample size")
     left.set_title("ESS per parameter" + _note(len(rows), len(report.rows)))
-    left.legend(fontsize="small", ncols=3)
+    # Above the axes, so that no bar hides behind it.
+    left.legend(fontsize="small", ncols=3, loc="lower left", bbox_to_anchor=(0.0, 1.08))
 
-    wanted = {"step_size": "step size", "ess_per_grad": "ESS / grad", "ess_per_second": "ESS / s"}
-    ratios = [(wanted[e["key"]], e["ratio"]) for e in report.efficiency if e["key"] in wanted]
-    shown = [(name, r) for name, r in ratios if r is not None and np.isfinite(r)]
-    if shown:
-        right.bar([n for n, _ in shown], [r for _, r in shown], color=COLORS[0])
-        right.axhline(1.0, color="k", lw=1)
-        right.axhline(0.8, color="r", ls="--", lw=1, label="0.8 (protocol's lower bound)")
-        right.legend(fontsize="small")
+    entries, acceptance = efficiency_entries(report)
+    if entries:
+        _forest(middle, entries, log=True, unit=f"{names[0]} / {names[1]} (log scale)")
     else:
-        right.text(
+        middle.text(
             0.5,
             0.5,
             "no step size, gradient\ncounts or timings recorded",
             ha="center",
-            transform=right.transAxes,
+            transform=middle.transAxes,
         )
+        middle.set_xticks([])
+        middle.set_yticks([])
+    level = report.settings.get("efficiency_level")
+    middle.set_title("ratios" + (f", {level:.2%} intervals" if level else ""))
+
+    if acceptance is not None:
+        _forest(right, [acceptance], log=False, unit=f"{names[0]} - {names[1]}")
+    else:
+        right.text(0.5, 0.5, "no acceptance\nrecorded", ha="center", transform=right.transAxes)
         right.set_xticks([])
         right.set_yticks([])
-    right.set_title(f"{names[0]} / {names[1]}")
-    fig.savefig(path, dpi=DPI)
-    return Path(path)
+    right.set_title("mean acceptance")
+    return fig
 
 
 def comparison_figures(custom, reference, labels, report, out_dir, *, max_panels=12):
