@@ -198,7 +198,7 @@ def test_non_finite_value_where_reference_is_finite_fails():
     report = check_gradients(nan_beyond_one, WRONG_POINTS, ref, order=1)
     assert "value" in failed(report)
     message = next(f for f in report.failures if f.startswith("value"))
-    assert "non-finite" in message and "nan" in message and "point 2" in message
+    assert "non-finite" in message and "NaN" in message and "point 2" in message
 
 
 def test_a_density_that_is_nan_everywhere_fails_without_a_reference():

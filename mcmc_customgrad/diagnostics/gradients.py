@@ -263,6 +263,8 @@ class GradientReport:
         str
             ``path``.
         """
+        import textwrap
+
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(7, 5), layout="constrained")
@@ -307,7 +309,8 @@ class GradientReport:
         ax.set_yscale("log")
         ax.set_xlabel("|expected gradient entry|")
         ax.set_ylabel("|custom - expected|")
-        ax.set_title(self._verdict(), fontsize=8)
+        # The verdict names the points' source (report.source), as the printed report does.
+        ax.set_title(textwrap.fill(self._verdict(), 110), fontsize=8)
         ax.legend(fontsize=7, loc="best")
         fig.savefig(path, dpi=100)
         return str(path)
@@ -597,9 +600,9 @@ class _Result:
         if self.nonfinite:
             k, label, c, r = self.nonfinite[0]
             what = (
-                f"custom {c} where the expected value is finite ({r:.10g})"
+                f"custom {_name_nonfinite(c)} where the expected value is finite ({r:.10g})"
                 if np.isfinite(r)
-                else f"custom {c:.10g} where the expected value is {r}"
+                else f"custom {c:.10g} where the expected value is {_name_nonfinite(r)}"
             )
             failures.append(
                 f"{self.name} ({_DESCRIPTIONS[self.name]}): non-finite result: {what}, at "
@@ -607,6 +610,12 @@ class _Result:
             )
         row["passed"] = not failures
         return row, failures
+
+
+def _name_nonfinite(value) -> str:
+    """``NaN``, ``inf`` or ``-inf`` as users write them (Python prints ``nan``)."""
+    value = float(value)
+    return "NaN" if np.isnan(value) else f"{value:g}"
 
 
 def _vector_scale(r):
