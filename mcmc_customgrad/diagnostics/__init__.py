@@ -7,6 +7,8 @@
 - :func:`compare_chains` and :func:`write_report`: the two posteriors side by side, with
   z-scores, KS and energy tests, a second-moment test and a verdict.
 - :func:`sbc`: simulation-based calibration with rank histograms and ECDF bands.
+- :func:`quadrature_reference`: exact draws of a posterior of at most 3 coordinates, as
+  a reference run when there is no closed form.
 - :func:`diagnose`: the post-run warnings of :func:`~mcmc_customgrad.sample`.
 
 Every ArviZ call lives in ``_arviz`` (the one module to change for ArviZ 1.x).
@@ -18,6 +20,7 @@ from .calibration import SBCProblem, SBCReport, ecdf_bands, rank_chi_square, sbc
 from .compare import ComparisonReport, compare_chains, write_report
 from .coupled import CoupledReport, coupled_chains
 from .gradients import GradientReport, check_gradients
+from .quadrature import quadrature_reference
 
 __all__ = [
     "Diagnostic",
@@ -40,4 +43,5 @@ __all__ = [
     "sbc_ranks",
     "rank_chi_square",
     "ecdf_bands",
+    "quadrature_reference",
 ]
