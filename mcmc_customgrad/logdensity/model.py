@@ -180,8 +180,8 @@ class Model:
         ...         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
         >>> y = jnp.array([0.4, -1.1, 2.3, 0.8])
         >>> model_ = mcg.Model.from_numpyro(model, y, prior_scale=2.0)
-        >>> model_.names, model_.dim, model_.constraints["sigma"]
-        (('mu', 'sigma'), 2, _Positive(shape=()))
+        >>> model_.names, model_.dim, model_.constraints["sigma"] == mcg.positive()
+        (('mu', 'sigma'), 2, True)
         >>> u = jnp.array([0.3, -0.2])  # unconstrained: sigma = exp(-0.2)
         >>> numpyro_u = {"mu": u[0], "sigma": u[1]}
         >>> pe = potential_energy(model, (y,), {"prior_scale": 2.0}, numpyro_u)
