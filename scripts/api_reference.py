@@ -31,7 +31,7 @@ SECTIONS = [
         "Solve reports and errors",
         mcg,
         "mcg",
-        ["SolverInfo", "SolverError", "with_solver_stats", "SolverStats"],
+        ["SolverInfo", "SolverError", "Float32Warning", "with_solver_stats", "SolverStats"],
     ),
     ("Solvers", mcg.solvers, "mcg.solvers", None),
     ("Tangent (linear) solvers", mcg.linear, "mcg.linear", None),
