@@ -16,6 +16,9 @@ from jax.scipy.stats import norm
 import mcmc_customgrad as mcg
 from mcmc_customgrad.models.conjugate import conjugate_inner
 
+# Statistical power on real NUTS runs (three 4 x 3,500-step runs): CI's slow tier.
+pytestmark = pytest.mark.slow
+
 Q = 1.5  # conjugate exponent of p = 3
 RUN = dict(num_chains=4, num_warmup=1000, num_samples=2500, seed=0, warn=False)
 SPEC = {"x": mcg.real(shape=(2,))}
@@ -50,6 +53,17 @@ def density(f):
 @pytest.fixture(scope="module")
 def reference():
     return mcg.sample(mcg.models.conjugate(d=2).reference, **RUN)
+
+
+def test_the_demo_passes_both_lines_by_design(reference):
+    # The demo's settings and seed: the correct density passes the verdict and the
+    # efficiency line, whose interval covers a ratio of 1.
+    custom = mcg.sample(mcg.models.conjugate(d=2).model, **RUN)
+    report = mcg.compare_chains(custom, reference, gradients_passed=True)
+    assert report.passed, report.failures
+    assert report.efficiency_passed is True, report.efficiency_failures
+    ratio = {e["key"]: e for e in report.efficiency}["ess_per_grad"]
+    assert ratio["interval"][0] < 1.0 < ratio["interval"][1]
 
 
 # Seed 002's straight-through rule behaves the same (step size 0.31x, ESS per gradient
