@@ -169,6 +169,7 @@ def test_inner_solver_stopped_early_fails(transform, seed, reference):
     assert all(c["passed"] for c in report.checks if c["kind"] == "sanity")
 
 
+@pytest.mark.slow  # statistical calibration: 30 comparisons
 def test_false_alarm_rate_is_small():
     # Two correct runs fail only by chance. Each of the FAMILIES test families has
     # family-wise level ALPHA (Bonferroni inside a family is conservative), so by the union
