@@ -90,6 +90,7 @@ def miscalibrated(calibrated):
 # ------------------------------------------------------------------ the end-to-end runs
 
 
+@pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power
 def test_calibrated_model_passes(calibrated):
     assert calibrated.passed, str(calibrated)
     assert calibrated.failures == []
@@ -103,6 +104,7 @@ def test_calibrated_model_passes(calibrated):
     assert str(calibrated).startswith("PASSED: 6 of 6 uniformity tests (40 simulations")
 
 
+@pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power
 def test_ranks_match_the_exact_posterior(calibrated):
     # Simulation i is fold_in(key(seed), i): rebuild its data, and the exact posterior CDF
     # at the truth. Each rank / L estimates that CDF (Binomial noise, sd <= 0.5 / sqrt(L)
@@ -122,6 +124,7 @@ def test_ranks_match_the_exact_posterior(calibrated):
         assert np.corrcoef(u, cdf[:, j])[0, 1] > 0.95
 
 
+@pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power
 def test_log_likelihood_is_a_test_quantity(calibrated):
     ranks = calibrated.ranks["log_likelihood"]
     assert ranks.shape == (NUM_SIMULATIONS,)
@@ -130,6 +133,7 @@ def test_log_likelihood_is_a_test_quantity(calibrated):
     assert len(np.unique(ranks)) > 10  # not a constant or a broken quantity
 
 
+@pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power
 def test_miscalibrated_model_fails(miscalibrated):
     assert not miscalibrated.passed
     assert miscalibrated.compile_seconds < 1.0  # the sampler compiled for the right model
@@ -143,6 +147,7 @@ def test_miscalibrated_model_fails(miscalibrated):
     assert np.mean(miscalibrated.ranks["log_likelihood"] < L / 10) > 0.3
 
 
+@pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power
 def test_eager_simulator_gives_the_same_simulations(calibrated):
     # jit_simulate=False runs prior_sample and simulate in Python, one simulation at a
     # time, with the same keys: the same data, so the same compiled sampler (no compile)
@@ -155,6 +160,7 @@ def test_eager_simulator_gives_the_same_simulations(calibrated):
         assert np.mean(eager.ranks[name] == calibrated.ranks[name]) >= 0.9
 
 
+@pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power
 def test_report_shape(calibrated, miscalibrated):
     for report in (calibrated, miscalibrated):
         table = report.table
@@ -167,6 +173,7 @@ def test_report_shape(calibrated, miscalibrated):
     assert "Sampler: 0 divergent transitions" in str(calibrated)
 
 
+@pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power
 def test_plot_is_written(miscalibrated, tmp_path):
     path = miscalibrated.plot(tmp_path / "sbc.png")
     with open(path, "rb") as f:
