@@ -1,6 +1,7 @@
 """mcg.sample: output, reproducibility, compilation reuse, inits, failures, kernels, checks."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +168,21 @@ def test_a_hopeless_start_names_the_chain_parameter_and_value():
         mcg.sample(far, jnp.zeros(2), **SMALL)
 
 
+def _never(x):
+    # y^2 = -1 - x^2 has no real root: every inner solve fails, the log-density is NaN.
+    y = mcg.root(lambda y, a: y**2 - a, jnp.array(1.0), -1.0 - x[0] ** 2)
+    return norm.logpdf(x[0]) + y
+
+
+def test_a_start_where_the_inner_solve_fails_says_so():
+    with pytest.raises(mcg.InitializationError) as err:
+        mcg.sample(_never, jnp.zeros(1), **SMALL)
+    message = str(err.value)
+    assert "log-density is NaN" in message and "nan" not in message.replace("'nan'", "")
+    assert "An inner solve did not converge there (1 solve," in message
+    assert "largest residual" in message and "max_steps" in message
+
+
 def _truncated(x):
     # sqrt(1 - x) by Newton's root: no root for x > 1, so the solve fails there and the
     # core returns NaN. The posterior is N(0, 1) truncated to x < 1.
@@ -226,12 +242,43 @@ def test_post_run_warnings_name_the_problem_and_the_remedy():
 
 
 def test_progress_bar_writes_to_stderr_only_when_asked(capsys, monkeypatch):
-    mcg.sample(EXAMPLE.model, **{**SMALL, "progress_bar": True})
+    import re
+
+    idata = mcg.sample(EXAMPLE.model, **{**SMALL, "progress_bar": True})
     err = capsys.readouterr().err
-    assert "sampling [" in err and "60/60 draws" in err
+    # Each compilation is announced with its time, then the draws (plain lines: stderr is
+    # not a terminal here), at most four lines, not one per chunk.
+    for phase in ("compiling the log-density", "compiling the warmup", "compiling the draws"):
+        assert re.search(rf"{phase}.* \.\.\. \(\d+\.\d s\)", err), err
+    draws = [line for line in err.splitlines() if line.startswith("draws:")]
+    assert len(draws) == 4 and draws[-1].startswith("draws: 60/60 x 2 chains (100%)")
+    # The rate counts sampling time only (compilation and the per-draw pass left out).
+    rate = int(re.search(r"(\d+) draws/s per chain", draws[-1]).group(1))
+    expected = 60 / idata.posterior.attrs["sampling_seconds"]
+    assert abs(rate - expected) <= 0.5 + 1e-6 * expected
     monkeypatch.setenv("CI", "1")
     mcg.sample(EXAMPLE.model, **SMALL)
     assert capsys.readouterr().err == ""
+
+
+def test_sample_sets_up_the_persistent_compilation_cache(monkeypatch):
+    import sys
+
+    calls = []
+    module = sys.modules["mcmc_customgrad.sampling.sample"]  # the name is the function's
+    monkeypatch.setattr(module, "configure_cache", lambda: calls.append(1))
+    mcg.sample(EXAMPLE.model, **SMALL)
+    assert calls == [1]
+
+
+def test_rhat_warning_prints_three_decimals():
+    from mcmc_customgrad.diagnostics import _arviz
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 1000)) + np.array([0.0, 0.0, 0.0, 0.5])[:, None]
+    idata = _arviz.to_inference_data({"x": x}, {})
+    (message,) = [d.message for d in mcg.diagnose(idata) if d.name == "rhat"]
+    assert re.search(r"R-hat is above 1.01 for x \(1\.\d{3}\)", message), message
 
 
 # Chains sharded over four CPU devices, against the vectorized run with the same keys:

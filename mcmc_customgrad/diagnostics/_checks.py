@@ -29,9 +29,12 @@ class Diagnostic(NamedTuple):
         return self.message
 
 
-def _worst(values: dict, bad, n=3) -> str:
-    items = sorted(((k, v) for k, v in values.items() if bad(v)), key=lambda kv: kv[1])
-    return ", ".join(f"{k} ({v:.3g})" for k, v in items[:n]) + (" ..." if len(items) > n else "")
+def _worst(values: dict, bad, n=3, fmt=".3g", reverse=False) -> str:
+    items = sorted(
+        ((k, v) for k, v in values.items() if bad(v)), key=lambda kv: kv[1], reverse=reverse
+    )
+    shown = ", ".join(f"{k} ({'NaN' if np.isnan(v) else format(v, fmt)})" for k, v in items[:n])
+    return shown + (" ..." if len(items) > n else "")
 
 
 def diagnose(idata) -> list[Diagnostic]:
@@ -138,7 +141,8 @@ def diagnose(idata) -> list[Diagnostic]:
             found.append(
                 Diagnostic(
                     "rhat",
-                    f"R-hat is above {RHAT_MAX} for {_worst(rhat, lambda v: v > RHAT_MAX)}: "
+                    f"R-hat is above {RHAT_MAX} for "
+                    f"{_worst(rhat, lambda v: v > RHAT_MAX, fmt='.3f', reverse=True)}: "
                     "the chains disagree, so they have not converged to one distribution. "
                     "Run longer warmup and more draws; if it persists, look for "
                     "multimodality (trace plots).",

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._cache import configure_cache
 from .._precision import warn_if_float32
 from ..diagnostics import _arviz
 from ..diagnostics._checks import SamplingWarning, diagnose
@@ -228,9 +229,14 @@ class _Target:
         else:
             values, where = flat, "value"
         shown = bad[:5] or range(min(g.size, 5))
-        parts = [f"{self.labels[i]} = {values[i]:.6g} ({where})" for i in shown]
+        parts = [f"{self.labels[i]} = {_fmt6(values[i])} ({where})" for i in shown]
         head = "gradient not finite at " if bad else "at "
         return head + ", ".join(parts) + (" ..." if len(bad) > 5 else "")
+
+
+def _fmt6(value) -> str:
+    """``{:.6g}``, with NaN spelled ``NaN``."""
+    return "NaN" if np.isnan(value) else f"{value:.6g}"
 
 
 def _dtype(x):
@@ -244,6 +250,31 @@ def _describe(tree) -> str:
 @functools.lru_cache(maxsize=64)
 def _value_and_grad_batched(logdensity):
     return jax.jit(jax.vmap(value_and_grad_fn(logdensity)))
+
+
+def _number(value) -> str:
+    """A float for a message: ``NaN``, ``inf``, ``-inf`` or ``repr``."""
+    value = float(value)
+    return "NaN" if np.isnan(value) else repr(value)
+
+
+def _solver_note(logdensity, position) -> str:
+    """Why the log-density is not finite at ``position``, when an inner solve says so."""
+    try:
+        _, stats = with_solver_stats(logdensity)(position)
+        solves, converged = int(stats.num_solves), bool(stats.converged)
+        steps, residual = int(stats.num_steps), float(stats.residual_norm)
+    except Exception:  # the statistics are a courtesy; the error below stands without them
+        return ""
+    if solves == 0 or converged:
+        return ""
+    return (
+        f"An inner solve did not converge there ({solves} solve{'s' * (solves > 1)}, "
+        f"{steps} steps in all, largest residual {_number(residual)}), so the log-density "
+        "is NaN (on_failure='nan'). Give the solver a start y0 nearer the solution (a "
+        "function of the parameters), a larger max_steps or another solver, or give init "
+        "a point where the inner problem has a solution."
+    )
 
 
 def _initial_positions(target: _Target, key):
@@ -272,11 +303,14 @@ def _initial_positions(target: _Target, key):
     lp0, grad0 = first_values
     one = jax.tree.map(lambda x: x[chain], first)
     detail = target.describe_position(one, jax.tree.map(lambda x: x[chain], grad0))
+    hint = _solver_note(target.logdensity, one) or (
+        "Give init a point inside the support, and check the model for log(0) or an inner "
+        "solve that fails there (mcg.check_gradients helps)."
+    )
     raise InitializationError(
         f"sample: chain {chain}: no start with a finite log-density and gradient after "
         f"{MAX_INIT_TRIES} tries. At the first start the log-density is "
-        f"{float(lp0[chain])!r}, {detail}. Give init a point inside the support, check the "
-        "model for log(0) or an inner solve that fails there (mcg.check_gradients helps)."
+        f"{_number(lp0[chain])}, {detail}. {hint}"
     )
 
 
@@ -404,7 +438,11 @@ def sample(
         device count that divides ``num_chains``. ``"sequential"``: one chain at a time
         (one compile, least memory).
     progress_bar : bool or None
-        None: on when stderr is a terminal and the ``CI`` environment variable is unset.
+        What the run shows on stderr: each compilation when it starts and its time when
+        it ends (``compiling the warmup ... (8.2 s)``), the warmup, then the draws (a
+        tqdm bar on a terminal, four plain lines otherwise) with draws per second per
+        chain counted after compilation. None: on when stderr is a terminal and the
+        ``CI`` environment variable is unset; True or False force it.
     checkpoint : str or path, optional
         Directory to write draws to, ``checkpoint_every`` draws at a time. A run that
         finds its own checkpoint there resumes after the last complete chunk and ends
@@ -444,6 +482,15 @@ def sample(
         one; ``attrs`` with the seed, the settings, timings, gradient-evaluation counts
         and library versions.
 
+    Notes
+    -----
+    Compiled samplers are kept on disk by JAX's persistent compilation cache, so a new
+    process with the same model and settings loads them instead of compiling again: in
+    ``MCMC_CUSTOMGRAD_CACHE_DIR`` if set (``off`` disables it), else in the per-user
+    cache folder (``~/.cache/mcmc_customgrad/jax`` on Linux). A cache folder set for JAX
+    itself (``JAX_COMPILATION_CACHE_DIR`` or ``jax_compilation_cache_dir``) wins. See
+    ``docs/sampling.md``.
+
     Examples
     --------
     >>> import jax.numpy as jnp
@@ -471,6 +518,7 @@ def sample(
             f"{type(generated_quantities).__name__}."
         )
     warn_if_float32("mcg.sample")
+    configure_cache()
     _check_settings(
         kernel,
         chain_method,
@@ -506,10 +554,11 @@ def sample(
     progress = Progress(num_samples, num_chains, progress_enabled(progress_bar))
     timings = {}
 
-    # ---- initial points
+    # ---- initial points (the first call compiles the log-density and its gradient)
     start = time.perf_counter()
     k_init, k_warm, k_draw = jax.random.split(key, 3)
-    positions, init_lp = _initial_positions(target, k_init)
+    with progress.phase(f"compiling the log-density, checking {num_chains} starting points"):
+        positions, init_lp = _initial_positions(target, k_init)
     timings["init_seconds"] = time.perf_counter() - start
 
     store = None
@@ -532,16 +581,19 @@ def sample(
         jax.eval_shape(lambda p: blackjax.nuts.init(p, target.logdensity), target.template)
     )
     if saved is None:
-        progress.message(f"warmup: {num_warmup} steps x {num_chains} chains ...")
-        run_warmup, seconds = chains.compile(
-            "warmup",
-            (target.logdensity, settings),
-            warmup_fn(target.logdensity, settings),
-            (True, True),
-            (warm_keys, positions),
-        )
+        with progress.phase("compiling the warmup"):
+            run_warmup, seconds = chains.compile(
+                "warmup",
+                (target.logdensity, settings),
+                warmup_fn(target.logdensity, settings),
+                (True, True),
+                (warm_keys, positions),
+            )
         start = time.perf_counter()
-        state, step_size, imm, warm_info = jax.block_until_ready(run_warmup(warm_keys, positions))
+        with progress.phase(f"warmup: {num_warmup} steps x {num_chains} chains"):
+            state, step_size, imm, warm_info = jax.block_until_ready(
+                run_warmup(warm_keys, positions)
+            )
         timings["warmup_compile_seconds"] = seconds
         timings["warmup_seconds"] = time.perf_counter() - start
         warm = {
@@ -555,6 +607,7 @@ def sample(
         if store is not None:
             store.save_warmup(warm)
     else:
+        progress.message(f"warmup: read from the checkpoint in {checkpoint}")
         warm = saved
         timings["warmup_compile_seconds"] = timings["warmup_seconds"] = 0.0
     state = state_def.unflatten(
@@ -591,42 +644,63 @@ def sample(
     )
     k_generated = jax.random.fold_in(key, 7)  # apart from the sampler's keys
 
-    run_chunk = None
+    def chunk_args(state, done):
+        count = min(chunk_len, num_samples - done)
+        return count, (state, step_size, imm, draw_keys, jnp.int32(done), jnp.int32(count))
+
     timings["compile_seconds"] = 0.0
     timings["sampling_seconds"] = 0.0
     timings["draw_stats_seconds"] = 0.0
-    progress.update(min(done, num_samples), *_tally(tables))
-    while done < num_samples:
-        count = min(chunk_len, num_samples - done)
-        args = (state, step_size, imm, draw_keys, jnp.int32(done), jnp.int32(count))
-        if run_chunk is None:
+    if done < num_samples:
+        with progress.phase("compiling the draws"):
             run_chunk, seconds = chains.compile(
                 "draws",
                 (target.logdensity, settings, chunk_len),
                 draws_fn(target.logdensity, settings, chunk_len),
                 (True, True, True, True, False, False),
-                args,
+                chunk_args(state, done)[1],
             )
-            timings["compile_seconds"] += seconds
-        start = time.perf_counter()
-        state, records = jax.block_until_ready(run_chunk(*args))
-        timings["sampling_seconds"] += time.perf_counter() - start
-        start = time.perf_counter()
-        table = _table(
-            records,
-            count,
-            draw_pass,
-            num_chains,
-            _generated_keys(k_generated, num_chains, done, count),
-        )
-        timings["draw_stats_seconds"] += time.perf_counter() - start
-        table["start"], table["stop"] = np.int64(done), np.int64(done + count)
-        table.update({f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))})
-        if store is not None:
-            store.save_chunk(len(tables), table)
-        tables.append(table)
-        done += count
-        progress.update(done, *_tally(tables))
+        timings["compile_seconds"] += seconds
+        if progress.enabled:
+            # Compile the per-draw pass now, not in the middle of the draws (it runs once
+            # more, on copies of the current positions: one chunk's worth).
+            count = chunk_args(state, done)[0]
+            start = time.perf_counter()
+            with progress.phase("compiling the per-draw statistics"):
+                copies = jax.tree.map(
+                    lambda x: np.repeat(np.asarray(x), count, axis=0), state.position
+                )
+                keys = _generated_keys(k_generated, num_chains, done, count)
+                jax.block_until_ready(draw_pass(copies, keys))
+            timings["draw_stats_seconds"] += time.perf_counter() - start
+    progress.start(done)
+    try:
+        progress.update(min(done, num_samples), *_tally(tables), timings["sampling_seconds"])
+        while done < num_samples:
+            count, args = chunk_args(state, done)
+            start = time.perf_counter()
+            state, records = jax.block_until_ready(run_chunk(*args))
+            timings["sampling_seconds"] += time.perf_counter() - start
+            start = time.perf_counter()
+            table = _table(
+                records,
+                count,
+                draw_pass,
+                num_chains,
+                _generated_keys(k_generated, num_chains, done, count),
+            )
+            timings["draw_stats_seconds"] += time.perf_counter() - start
+            table["start"], table["stop"] = np.int64(done), np.int64(done + count)
+            table.update(
+                {f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+            )
+            if store is not None:
+                store.save_chunk(len(tables), table)
+            tables.append(table)
+            done += count
+            progress.update(done, *_tally(tables), timings["sampling_seconds"])
+    finally:
+        progress.close()  # ends the bar, also when a chunk raises
 
     idata = _assemble(
         tables, num_samples, np.asarray(warm["step_size"]), settings, target, solver_stats
