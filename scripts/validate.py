@@ -147,8 +147,9 @@ reports in full.
    indicators as z-scores with both sides' Monte Carlo standard errors (Bonferroni),
    Kolmogorov-Smirnov tests on ESS-thinned draws and pooled R-hat; jointly an
    energy-distance permutation test and the mean squared Mahalanobis distance under the
-   reference's covariance; equivalence margins. Efficiency (step size, acceptance, ESS
-   per gradient evaluation) is judged apart: a wrong value shifts the posterior, a wrong
+   reference's covariance; equivalence margins. Efficiency (step size, acceptance,
+   gradient evaluations per draw, ESS per gradient evaluation, each with an interval from
+   the spread between chains) is judged apart: a wrong value shifts the posterior, a wrong
    but position-dependent gradient only costs efficiency (see `docs/diagnostics.md`).
 """
 

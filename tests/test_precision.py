@@ -27,7 +27,7 @@ def _model():
 
 def test_float32_warns_once_naming_float64_and_the_fix(float32):
     with pytest.warns(mcg.Float32Warning, match=r"float32.*jax_enable_x64.*True\)") as caught:
-        model, reference = _model()
+        model, _ = _model()
         with pytest.raises(ValueError):  # the warning comes before the settings check
             mcg.sample(model, num_chains=0)
     assert len(caught) == 1  # Model, Model and sample: warned once
@@ -39,7 +39,7 @@ def test_sample_and_check_gradients_warn_too(float32):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mcg.Float32Warning)
-        model, reference = _model()
+        model, _ = _model()
     for call in (
         lambda: mcg.sample(model, num_chains=0),
         lambda: mcg.check_gradients(model, model.init, num_points=0),
@@ -71,7 +71,7 @@ def test_solver_error_names_float32_and_inexact_values(float32):
 
 
 def test_float64_says_nothing_of_float32(recwarn):
-    model, reference = _model()
+    _model()
     assert _precision.float32_hint() == ""
     with pytest.raises(mcg.SolverError) as err:
         solver = mcg.solvers.Newton(max_steps=1)
