@@ -82,6 +82,7 @@ def test_report_shape(base, tmp_path):
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # long coupled NUTS run on Kepler
 def test_kepler_model_couples_with_reference():
     ex = mcg.models.kepler(num_obs=15)
     report = coupled_chains(ex.model, ex.reference, ex.data["truth"], num_steps=40, num_warmup=60)

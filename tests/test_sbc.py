@@ -268,7 +268,7 @@ def test_prior_must_respect_the_support():
         lambda k, p: {"y": p["s"] * jax.random.normal(k, (3,))},
         lambda p, d: -p["s"] + jnp.sum(norm.logpdf(d["y"], 0.0, p["s"])),
     )
-    with pytest.raises(ValueError, match=r"outside the support of _Positive"):
+    with pytest.raises(ValueError, match=r"outside the support of mcg\.positive\(\)"):
         sbc(problem, 10)
 
 
@@ -384,6 +384,7 @@ def test_from_ranks_checks_its_input():
         SBCReport.from_ranks({}, 9)
 
 
+@pytest.mark.slow  # needs the end-to-end SBC runs
 def test_clear_caches_releases_the_sbc_programs(miscalibrated):
     assert len(sbc_module._CACHE) > 0
     mcg.clear_caches()
