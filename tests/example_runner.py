@@ -12,12 +12,17 @@ NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_
 #: two pytest-xdist workers (a file each) share the examples' compile time.
 LAPLACE_AND_HOST = ["eight_schools", "latent_gp_poisson", "scipy_host"]
 #: Figures an example writes beside the comparison report's.
-EXTRA_FIGURES = {"kepler": ["rv_curve.png"], "latent_gp_poisson": ["rate.png"]}
+EXTRA_FIGURES = {
+    "kepler": ["rv_curve.png"],
+    "latent_gp_poisson": ["rate.png"],
+    "rust_bus_engine": ["replacement.png"],
+}
 #: What an example prints beside the summary and the verdict.
 EXTRA_OUTPUT = {
     "conjugate": ["implicit 0.5604908", "Part 2: NUTS on the density in d = 3"],
     "eight_schools": ["theta[7]"],  # the recovered school effects are in the summary
     "kepler": ["truth:"],
+    "rust_bus_engine": ["policy_iteration, W", "PSIS-LOO", "quadrature reference:"],
 }
 
 
@@ -44,3 +49,13 @@ def run_quick(name, tmp_path, capsys):
     assert "(--quick: a smoke run" in out
     for figure in ["densities.png", "ranks.png", *EXTRA_FIGURES.get(name, [])]:
         assert (tmp_path / figure).stat().st_size > 10_000, figure
+
+
+#: The examples whose --quick run is in the fast tier; the others' compile for 30-60 s
+#: each and run in CI's slow tier (pytest -m slow).
+FAST_EXAMPLES = {"conjugate", "eight_schools"}
+
+
+def tiered(names):
+    """``names`` as pytest parameters, all but ``FAST_EXAMPLES`` marked slow."""
+    return [n if n in FAST_EXAMPLES else pytest.param(n, marks=pytest.mark.slow) for n in names]

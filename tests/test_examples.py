@@ -4,7 +4,7 @@
 import importlib
 
 import pytest
-from example_runner import LAPLACE_AND_HOST, NAMES, examples_path, run_quick  # noqa: F401
+from example_runner import LAPLACE_AND_HOST, NAMES, examples_path, run_quick, tiered  # noqa: F401
 
 
 def test_every_use_has_an_example():
@@ -15,11 +15,12 @@ def test_every_use_has_an_example():
         "equilibrium",
         "kepler",
         "latent_gp_poisson",
+        "rust_bus_engine",
         "scipy_host",
     ]
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in LAPLACE_AND_HOST])
+@pytest.mark.parametrize("name", tiered([n for n in NAMES if n not in LAPLACE_AND_HOST]))
 def test_example_quick_run(name, examples_path, tmp_path, capsys):  # noqa: F811
     run_quick(name, tmp_path, capsys)
 
