@@ -114,6 +114,7 @@ def test_sampler_points_are_the_prior_draws(conj_report):
     assert conj_report.fd_grads.shape == (20, 3) and conj_report.hessians.shape == (20, 3, 3)
 
 
+@pytest.mark.slow  # Kepler at second order compiles for 25 s
 def test_kepler_passes_at_second_order(kepler_report):
     # Root solve (Kepler's equation) inside; reference with a hand-derived derivative.
     assert kepler_report.passed, str(kepler_report)

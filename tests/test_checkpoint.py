@@ -50,6 +50,7 @@ def uninterrupted():
     return mcg.sample(MODEL, **{k: v for k, v in KW.items() if k != "checkpoint_every"})
 
 
+@pytest.mark.slow  # a killed subprocess and a resume
 def test_resume_after_sigkill_gives_the_uninterrupted_draws(tmp_path, uninterrupted):
     path = tmp_path / "ck"
     proc = subprocess.run(

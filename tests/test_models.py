@@ -51,15 +51,10 @@ FD_STEP = {"kepler": 1e-5}
 # tests/test_check_gradients.py::test_kepler_passes_at_second_order instead: Hessian against
 # the reference and against finite differences of the gradient, forward over reverse
 # against reverse over reverse, at 20 points.
-@pytest.mark.parametrize(
-    "name",
-    [
-        # ridge's second order compiles for 40 s: CI's slow tier
-        pytest.param(n, marks=pytest.mark.slow) if n == "ridge" else n
-        for n in NAMES
-        if n != "kepler"
-    ],
-)
+# check_grads at order 2 compiles for 15-40 s per model: CI's slow tier (the fast tier
+# keeps the conjugate's Hessian, through check_gradients in test_check_gradients.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "kepler"])
 def test_second_order(name):
     model, reference, data = EXAMPLES[name]
     u = model.to_unconstrained(data["truth"]) if "truth" in data else points(model)[0]
