@@ -481,3 +481,15 @@ def test_efficiency_figure_shows_verdicts_bounds_and_intervals():
     legend = left.get_legend().get_window_extent()
     for bar in left.patches:
         assert not legend.overlaps(bar.get_window_extent())
+
+
+
+def test_a_stuck_chain_does_not_break_the_efficiency_intervals():
+    # A chain that never moved: its ESS is tiny, the spread between chains huge, so the
+    # ESS-per-gradient interval is wide and finite; the sanity checks fail the run.
+    stuck = run(71, sample_stats=varied_stats(5))
+    stuck.posterior["x"].values[0] = stuck.posterior["x"].values[0, :1]
+    report = compare_chains(stuck, run(72, sample_stats=varied_stats(6)))
+    low, high = {e["key"]: e for e in report.efficiency}["ess_per_grad"]["interval"]
+    assert 0 < low < high and np.isfinite(high)
+    assert not report.passed

@@ -299,6 +299,12 @@ def _efficiency(side: _Side, summary):
     }
 
 
+def _chain_ess(draws, cap):
+    """Smallest bulk ESS over the parameters of one chain, capped; NaN when undefined."""
+    ess = _arviz.ess_draws(draws, "bulk")
+    return min(float(np.min(ess)), cap) if np.all(np.isfinite(ess)) else float("nan")
+
+
 def _per_chain(side: _Side, grads):
     """Per-chain efficiency numbers (the batches of the intervals); ``None`` where missing.
 
@@ -316,12 +322,7 @@ def _per_chain(side: _Side, grads):
         grads_chain = np.full(chains, grads / chains)
     else:
         grads_chain = None
-    ess = np.array(
-        [
-            min(float(np.nanmin(_arviz.ess_draws(side.draws[c : c + 1], "bulk"))), draws)
-            for c in range(chains)
-        ]
-    )
+    ess = np.array([_chain_ess(side.draws[c : c + 1], draws) for c in range(chains)])
     return {
         "step_size": step.reshape(chains, -1).mean(axis=1) if step is not None else None,
         "acceptance": accept.reshape(chains, -1).mean(axis=1) if accept is not None else None,
@@ -344,6 +345,10 @@ def _interval(a, b, point, level, log):
     a, b = np.asarray(a, float), np.asarray(b, float)
     df = len(a) + len(b) - 2
     if df < 1 or point is None or not np.isfinite(point) or (log and point <= 0):
+        return None
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return None  # a chain whose figure is undefined (a constant chain has no ESS)
+    if log and (np.any(a <= 0) or np.any(b <= 0)):
         return None
     if log:
         spread_a, spread_b = (
