@@ -483,7 +483,6 @@ def test_efficiency_figure_shows_verdicts_bounds_and_intervals():
         assert not legend.overlaps(bar.get_window_extent())
 
 
-
 def test_a_stuck_chain_does_not_break_the_efficiency_intervals():
     # A chain that never moved: its ESS is tiny, the spread between chains huge, so the
     # ESS-per-gradient interval is wide and finite; the sanity checks fail the run.
