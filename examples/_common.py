@@ -34,7 +34,14 @@ jax.config.update("jax_enable_x64", True)  # before anything touches JAX: float6
 
 import mcmc_customgrad as mcg  # noqa: E402
 
-__all__ = ["exit_code", "figure", "parse_args", "run_settings", "sample_and_compare"]
+__all__ = [
+    "compare_and_report",
+    "exit_code",
+    "figure",
+    "parse_args",
+    "run_settings",
+    "sample_and_compare",
+]
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -126,25 +133,7 @@ def sample_and_compare(
     print("\nArviZ summary of the custom-gradient run:")
     print(mcg.diagnostics.summary(idata).to_string())
 
-    run_length = {}
-    if args.quick:
-        run_length = {
-            "min_chains": settings["num_chains"],
-            "min_draws": settings["num_samples"],
-            "min_ess": 100,
-            "rhat_max": 1.05,
-            "alpha": QUICK_ALPHA,
-        }
-    report = mcg.compare_chains(idata, reference_idata, var_names=var_names, **run_length)
-    path = mcg.write_report(report, args.out)
-    if args.quick:
-        note = "(--quick: a smoke run, run-length checks scaled down; not evidence)"
-        path.write_text(f"> {note}\n\n{path.read_text()}")
-        print(f"\n{note}")
-    print(f"\n{report.verdict}" if not args.quick else report.verdict)
-    for line in report.failures + report.notes:
-        print(f"  - {line}")
-    print(f"report and figures: {path}")
+    report = compare_and_report(idata, reference_idata, args, settings, var_names=var_names)
     return idata, reference_idata, report
 
 
@@ -169,3 +158,28 @@ def exit_code(report) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("examples/_common.py is imported by the examples; run one of them instead.")
+
+
+def compare_and_report(idata, reference_idata, args, settings, **compare_kwargs):
+    """``mcg.compare_chains``, with a ``--quick`` run's scaled requirements (module notes),
+    then the report written to ``args.out`` and the verdict printed; returns the report."""
+    run_length = {}
+    if args.quick:
+        run_length = {
+            "min_chains": settings["num_chains"],
+            "min_draws": settings["num_samples"],
+            "min_ess": 100,
+            "rhat_max": 1.05,
+            "alpha": QUICK_ALPHA,
+        }
+    report = mcg.compare_chains(idata, reference_idata, **compare_kwargs, **run_length)
+    path = mcg.write_report(report, args.out)
+    if args.quick:
+        note = "(--quick: a smoke run, run-length checks scaled down; not evidence)"
+        path.write_text(f"> {note}\n\n{path.read_text()}")
+        print(f"\n{note}")
+    print(f"\n{report.verdict}" if not args.quick else report.verdict)
+    for line in report.failures + report.notes:
+        print(f"  - {line}")
+    print(f"report and figures: {path}")
+    return report

@@ -395,7 +395,7 @@ def print_loo(idata):
 
 def main(argv=None) -> int:
     """Check gradients, sample, compare with the quadrature reference; 0 when all passed."""
-    from _common import QUICK_ALPHA, exit_code, parse_args, run_settings
+    from _common import compare_and_report, exit_code, parse_args, run_settings
 
     args = parse_args("rust_bus_engine", __doc__, argv)
     sizes = QUICK if args.quick else FULL
@@ -448,25 +448,7 @@ def main(argv=None) -> int:
     print("\nArviZ summary of the custom-gradient run:")
     print(mcg.diagnostics.summary(idata).to_string())
     print_loo(idata)
-    run_length = {}
-    if args.quick:
-        run_length = {
-            "min_chains": settings["num_chains"],
-            "min_draws": settings["num_samples"],
-            "min_ess": 100,
-            "rhat_max": 1.05,
-            "alpha": QUICK_ALPHA,
-        }
-    report = mcg.compare_chains(idata, reference, names=("NUTS", "quadrature"), **run_length)
-    path = mcg.write_report(report, args.out)
-    if args.quick:
-        note = "(--quick: a smoke run, run-length checks scaled down; not evidence)"
-        path.write_text(f"> {note}\n\n{path.read_text()}")
-        print(f"\n{note}")
-    print(f"\n{report.verdict}" if not args.quick else report.verdict)
-    for line in report.failures + report.notes:
-        print(f"  - {line}")
-    print(f"report and figures: {path}")
+    report = compare_and_report(idata, reference, args, settings, names=("NUTS", "quadrature"))
     plot_replacement(idata, data, args.out / "replacement.png")
     if grads is not None and not grads.passed:
         return 1
