@@ -32,13 +32,16 @@ def x64_enabled() -> bool:
     return bool(jax.config.jax_enable_x64)
 
 
-def warn_if_float32(where: str) -> bool:
+def warn_if_float32(where: str, stacklevel: int = 3) -> bool:
     """Warn once per process, naming float64 and the fix, when JAX runs in float32.
 
     Parameters
     ----------
     where : str
         Who is asking (``"mcg.sample"``), named in the warning.
+    stacklevel : int
+        As for :func:`warnings.warn`, counted from this function (3: the caller of the
+        function that calls this one).
 
     Returns
     -------
@@ -65,7 +68,7 @@ def warn_if_float32(where: str) -> bool:
             f"Put {_ENABLE} at the top of your script, before any array is created. (This "
             "warning is shown once per process.)",
             Float32Warning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return True
 

@@ -39,10 +39,17 @@ def clear_caches() -> None:
     from .laplace import _CACHE as _LAPLACE_CACHE
     from .laplace import _CHECKED, _compiled_generic
     from .sampling._chains import _CACHE
-    from .sampling.sample import _draw_pass, _value_and_grad_batched
+    from .sampling.sample import _draw_one, _draw_pass, _value_and_grad_batched
 
     _PROBLEMS.data.clear()
-    for cached in (_compiled_core, _compiled_value, _nested, _draw_pass, _value_and_grad_batched):
+    for cached in (
+        _compiled_core,
+        _compiled_value,
+        _nested,
+        _draw_one,
+        _draw_pass,
+        _value_and_grad_batched,
+    ):
         cached.cache_clear()
     _CACHE.clear()
     _SBC_CACHE.clear()

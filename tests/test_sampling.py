@@ -333,3 +333,66 @@ def test_generated_quantities_errors():
         mcg.sample(EXAMPLE.model, **SMALL, generated_quantities=3)
     with pytest.raises(ValueError, match=r"returns \['x'\], which are parameter names"):
         mcg.sample(EXAMPLE.model, **SMALL, generated_quantities=lambda p, k: {"x": p["x"]})
+
+
+# --------------------------------------------- issue 15: nothing silent, nothing late
+
+
+def test_a_jittered_given_init_is_reported():
+    with pytest.warns(mcg.SamplingWarning) as record:
+        idata = mcg.sample(_half_line, jnp.zeros(1), **{**SMALL, "warn": True})
+    messages = [str(w.message) for w in record]
+    jitter = [m for m in messages if "given init is not a valid start" in m]
+    assert len(jitter) == 1, messages
+    assert "chains 0, 1" in jitter[0] and "log-density is -inf" in jitter[0]
+    assert "jittered by U(-1, 1)" in jitter[0]
+    assert float(idata.posterior["x"].min()) > 0
+    assert record[0].filename == __file__  # points at the caller's line
+
+
+def test_an_init_where_the_inner_solve_fails_says_why_it_was_jittered():
+    def partly(x):
+        y = mcg.root(lambda y, a: y**2 - a, jnp.array(1.0), x[0])  # no root for x < 0
+        return norm.logpdf(x[0], 2.0) + 0.0 * y
+
+    with pytest.warns(mcg.SamplingWarning) as record:
+        mcg.sample(partly, jnp.array([-0.2]), **{**SMALL, "warn": True, "kernel": "mala"})
+    jitter = [str(w.message) for w in record if "given init" in str(w.message)]
+    assert len(jitter) == 1
+    assert re.search(r"chains 0, 1: at chain 0's start the log-density is NaN", jitter[0])
+    assert "An inner solve did not converge there (1 solve" in jitter[0]
+
+
+def test_bool_settings_must_be_bools():
+    for name in ("dense_mass", "solver_stats", "warn", "init_per_chain"):
+        with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
+            mcg.sample(EXAMPLE.model, **{**SMALL, name: "no"})
+
+
+def test_broken_generated_quantities_fail_before_anything_is_compiled():
+    traced = dict(TRACES)
+
+    def reads_a_missing_name(p, key):
+        return {"r": p["radius"]}
+
+    with pytest.raises(ValueError, match=r"checked before sampling\): KeyError: 'radius'"):
+        mcg.sample(EXAMPLE.model, **SMALL, generated_quantities=reads_a_missing_name)
+    with pytest.raises(TypeError, match="must return a dict of name -> array, got list"):
+        mcg.sample(EXAMPLE.model, **SMALL, generated_quantities=lambda p, k: [p["x"]])
+    with pytest.raises(TypeError, match=r"checked before sampling\): TypeError"):
+        mcg.sample(EXAMPLE.model, **SMALL, generated_quantities=lambda p, k: {"r": "text"})
+    assert dict(TRACES) == traced  # neither warmup nor draws were traced
+
+
+def _raises_beyond_one(x):
+    # The inner solve fails for x > 1; on_failure="raise" asks for an error there.
+    solve = mcg.root(lambda y, a: y**2 - a, jnp.array(1.0), 1.0 - x[0], on_failure="raise")
+    return norm.logpdf(x[0]) + 0.0 * solve
+
+
+def test_on_failure_raise_inside_sample_is_a_solver_error(capfd):
+    with pytest.raises(mcg.SolverError, match=r"^mcmc_customgrad\.root did not converge"):
+        mcg.sample(_raises_beyond_one, jnp.zeros(1), **SMALL, kernel="mala")
+    assert "jax.debug.callback failed" not in capfd.readouterr().err
+    with pytest.raises(mcg.SolverError, match="did not converge"):
+        mcg.check_gradients(_raises_beyond_one, jnp.array([3.0]))

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from .._errors import surface_solver_errors
 from ..logdensity.constraints import Constraint
 from ..logdensity.model import Model
 from ..sampling._kernels import KERNELS, Settings, draws_fn, warmup_fn
@@ -1064,6 +1065,7 @@ def _layout(problem: SBCProblem, params0, data0) -> Model:
         raise type(err)(f"sbc: logdensity(params, data): {err}") from err
 
 
+@surface_solver_errors
 def sbc(
     model_builder,
     num_simulations: int = 200,

@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from .._errors import surface_solver_errors
 from ..logdensity import Model
 
 __all__ = ["CoupledReport", "coupled_chains"]
@@ -400,6 +401,7 @@ def _run_fn(logdensity, algorithm, extra):
 # ----------------------------------------------------------------------------- main
 
 
+@surface_solver_errors
 def coupled_chains(
     logdensity,
     reference_logdensity,

@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import surface_solver_errors
 from .._precision import float32_hint, warn_if_float32
 from ..logdensity import Model
 
@@ -728,6 +729,7 @@ def _finite_differences(value_and_grad, x, f0, g0, order, eps):
     return e_value[0], fd_hess, grad_allow, hess_allow
 
 
+@surface_solver_errors
 def check_gradients(
     fn,
     points,
@@ -853,7 +855,7 @@ def check_gradients(
         "jit_rtol": jit_rtol,
         "repeat_rtol": repeat_rtol,
     }
-    warn_if_float32("mcg.check_gradients")
+    warn_if_float32("mcg.check_gradients", stacklevel=4)
     _check_options(order, num_points, seed, tolerances)
     order, num_points = int(order), int(num_points)
     model = fn if isinstance(fn, Model) else None

@@ -91,6 +91,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import surface_solver_errors
 from .._precision import warn_if_float32
 from ..logdensity.model import Model
 from . import _arviz
@@ -749,6 +750,7 @@ def _rejection(grid, evaluate, need, rng, safety, window, coords, nan_tol):
 # --------------------------------------------------------------------------------------
 
 
+@surface_solver_errors
 def quadrature_reference(
     model,
     bounds=None,
@@ -897,7 +899,7 @@ def quadrature_reference(
             "reference of a conditional model (all but 3 parameters fixed) checks the "
             "inner solve too."
         )
-    warn_if_float32("mcg.diagnostics.quadrature_reference")
+    warn_if_float32("mcg.diagnostics.quadrature_reference", stacklevel=4)
     n = _num_points(num_points, model.dim)
     num_draws = _positive_int(num_draws, "num_draws")
     num_chains = _positive_int(num_chains, "num_chains")

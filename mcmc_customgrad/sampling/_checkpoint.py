@@ -2,7 +2,8 @@
 
 Layout of ``path/``::
 
-    meta.json           what run this is (settings, seed, parameter layout, initial points)
+    meta.json           what run this is: settings, seed, parameter layout, starting points,
+                        the log-density's fingerprint and what each draw writes
     warmup.npz          the adapted state, step size and mass matrix, warmup statistics
     chunk_000000.npz    draws [start, stop) of every chain, and the chain state after them
     chunk_000001.npz    ...
@@ -23,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ._identity import values_match
+
 __all__ = ["Checkpoint", "CheckpointError"]
 
 FORMAT = "mcmc_customgrad-checkpoint"
-VERSION = 1
+VERSION = 2
 _CHUNK = re.compile(r"^chunk_(\d{6})\.npz$")
 
 
@@ -69,6 +72,126 @@ def _read_npz(path: Path) -> dict:
         ) from err
 
 
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _output_name(key: str) -> str:
+    group, _, name = key.partition("__")
+    if group == "posterior":
+        return f"posterior variable {name!r}"
+    if group == "solver":
+        return f"solver statistic {name!r} (solver_stats)"
+    if group == "log_likelihood":
+        return "the log-likelihood"
+    return repr(key)
+
+
+def _density_differences(stored: dict, now: dict) -> list[str]:
+    out = []
+    if stored.get("computation") != now.get("computation"):
+        out.append(
+            "the log-density computes something else (its program, the jaxpr, differs: "
+            "another model or code, or another JAX version)"
+        )
+    if stored.get("data") != now.get("data"):
+        out.append("the log-density's data differ (the arrays it closes over)")
+    for name, label, at in (
+        ("lp_at_starts", "log-density at the starting points", "chain"),
+        ("lp", "log-density", "probe point"),
+        ("gradient", "gradient", "probe point"),
+    ):
+        a, b = stored.get(name), now.get(name)
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            bad = [i for i in range(len(a)) if not values_match([a[i]], [b[i]])]
+            if bad:
+                i = bad[0]
+                out.append(
+                    f"the {label} differs (at {at} {i}: stored {_short(a[i])}, now {_short(b[i])})"
+                )
+        elif a != b:
+            out.append(f"the {label} differs")
+    return out
+
+
+def _output_differences(stored: dict, now: dict, density_changed: bool) -> list[str]:
+    out = []
+    a, b = stored.get("arrays", {}), now.get("arrays", {})
+    solver_a = sorted(k for k in a if k.startswith("solver__"))
+    solver_b = sorted(k for k in b if k.startswith("solver__"))
+    if bool(solver_a) != bool(solver_b):
+        out.append(
+            f"solver_stats was {bool(solver_a)} when the checkpoint was written and is "
+            f"{bool(solver_b)} now"
+        )
+        a = {k: v for k, v in a.items() if k not in solver_a}
+        b = {k: v for k, v in b.items() if k not in solver_b}
+    for key in sorted(set(a) | set(b)):
+        if key not in b:
+            out.append(f"{_output_name(key)} was recorded but is not produced now")
+        elif key not in a:
+            out.append(f"{_output_name(key)} is produced now but was not recorded")
+        elif a[key] != b[key]:
+            out.append(f"{_output_name(key)} was recorded as {a[key]}, now {b[key]}")
+    if (
+        not out
+        and not density_changed
+        and (
+            stored.get("computation") != now.get("computation")
+            or stored.get("data") != now.get("data")
+        )
+    ):
+        out.append(
+            "the per-draw outputs (generated_quantities, the log-likelihood) compute "
+            "something else than when the checkpoint was written"
+        )
+    return out
+
+
+def differences(stored: dict, now: dict) -> list[str]:
+    """What differs between two checkpoint descriptions, one phrase per difference.
+
+    Examples
+    --------
+    >>> from mcmc_customgrad.sampling._checkpoint import differences
+    >>> differences({"seed": 5, "settings": {"target_accept": 0.8}},
+    ...             {"seed": 5, "settings": {"target_accept": 0.9}})
+    ['settings.target_accept: stored 0.8, now 0.9']
+    """
+    if stored.get("format") != now.get("format") or stored.get("version") != now.get("version"):
+        return [
+            f"it was written in checkpoint format {_short(stored.get('format'))} version "
+            f"{_short(stored.get('version'))} (by another mcmc_customgrad release), and this "
+            f"release reads version {now.get('version')} only"
+        ]
+    out = []
+    last = ("init_sha256", "density", "outputs")  # consequences after their causes
+    keys = sorted((set(stored) | set(now)) - set(last)) + list(last)
+    for key in keys:
+        a, b = stored.get(key), now.get(key)
+        if a == b:
+            continue
+        if key == "density" and isinstance(a, dict) and isinstance(b, dict):
+            if stored.get("init_sha256") != now.get("init_sha256"):  # other starts
+                a, b = {**a, "lp_at_starts": None}, {**b, "lp_at_starts": None}
+            out += _density_differences(a, b)
+        elif key == "outputs" and isinstance(a, dict) and isinstance(b, dict):
+            density_changed = stored.get("density") != now.get("density")
+            out += _output_differences(a, b, density_changed)
+        elif key == "init_sha256":
+            out.append("the starting points differ (init or its jitter changed)")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    out.append(
+                        f"{key}.{sub}: stored {_short(a.get(sub))}, now {_short(b.get(sub))}"
+                    )
+        else:
+            out.append(f"{key}: stored {_short(a)}, now {_short(b)}")
+    return out
+
+
 class Checkpoint:
     """A checkpoint directory for one run.
 
@@ -77,9 +200,11 @@ class Checkpoint:
     path : str or Path
         Directory (created if missing).
     meta : dict
-        JSON-serialisable description of the run. An existing directory is resumed only
-        when its ``meta.json`` is identical; otherwise :class:`CheckpointError` says
-        which entries differ.
+        JSON-serialisable description of the run (see ``sampling._identity``). An
+        existing directory is resumed only when its ``meta.json`` describes the same run
+        (the log-density's probe values within a relative ``1e-8``, everything else
+        equal); otherwise :class:`CheckpointError` names what differs and nothing is
+        written.
     """
 
     def __init__(self, path, meta: dict):
@@ -97,19 +222,54 @@ class Checkpoint:
                 existing = json.loads(meta_path.read_text())
             except (ValueError, OSError) as err:
                 raise CheckpointError(f"{meta_path} is not valid JSON: {err}.") from err
-            if existing != meta:
-                keys = sorted(set(existing) | set(meta))
-                diff = [k for k in keys if existing.get(k) != meta.get(k)]
+            if not isinstance(existing, dict):
+                raise CheckpointError(f"{meta_path} is not a checkpoint description.")
+            diff = differences(existing, meta)
+            if diff:
                 raise CheckpointError(
-                    f"checkpoint {self.path} belongs to a different run: {diff} differ "
-                    f"(stored {[existing.get(k) for k in diff]}, now "
-                    f"{[meta.get(k) for k in diff]}). Use another checkpoint path, or "
-                    "delete this one to start afresh."
+                    f"checkpoint {self.path} belongs to a different run, so it was left as "
+                    "it is: " + "; ".join(diff) + ". Call sample as when the checkpoint was "
+                    "written to resume it, or use another checkpoint path (or delete this "
+                    "one) to start afresh."
                 )
         else:
             text = json.dumps(meta, indent=1, sort_keys=True).encode()
             _atomic_write(meta_path, lambda f: f.write(text))
         self.meta = meta
+
+    @staticmethod
+    def check_path(path) -> Path:
+        """Fail early when ``path`` cannot be a checkpoint directory; nothing is created.
+
+        Parameters
+        ----------
+        path : str or Path
+            The checkpoint directory asked for.
+
+        Returns
+        -------
+        Path
+
+        Raises
+        ------
+        CheckpointError
+            ``path`` is an existing file, or its nearest existing parent is not a
+            writable directory.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(
+                f"checkpoint path {path} exists and is not a directory; give a directory."
+            )
+        parent = path if path.exists() else path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise CheckpointError(
+                f"checkpoint path {path}: {parent} is not a writable directory, so nothing "
+                "could be saved there; give a path you can write to."
+            )
+        return path
 
     def load_warmup(self) -> dict | None:
         """The saved warmup arrays, or None when warmup has not finished."""

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._cache import configure_cache
+from .._errors import surface_solver_errors
 from .._precision import warn_if_float32
 from ..diagnostics import _arviz
 from ..diagnostics._checks import SamplingWarning, diagnose
@@ -22,12 +23,14 @@ from ..implicit.stats import with_solver_stats
 from ..logdensity import Model
 from ._chains import CHAIN_METHODS, ChainMap
 from ._checkpoint import Checkpoint
+from ._identity import density_fingerprint, outputs_fingerprint
 from ._kernels import KERNELS, Record, Settings, draws_fn, value_and_grad_fn, warmup_fn
 from ._progress import Progress, progress_enabled
 
 __all__ = ["sample", "InitializationError"]
 
 MAX_INIT_TRIES = 100
+PROBE_SEED = 20261203  # fixed: a checkpoint's probe points must not depend on the seed
 TRANSITION_STATS = ("diverging", "energy", "acceptance_rate", "n_steps", "tree_depth")
 
 
@@ -55,6 +58,7 @@ def _check_settings(
     num_integration_steps,
     progress_bar,
     checkpoint_every,
+    **flags,
 ):
     if kernel not in KERNELS:
         raise ValueError(f"sample: unknown kernel {kernel!r}; choose one of {KERNELS}.")
@@ -74,6 +78,9 @@ def _check_settings(
     _check_int("checkpoint_every", checkpoint_every, 1)
     if progress_bar not in (None, True, False):
         raise ValueError(f"sample: progress_bar must be None, True or False, got {progress_bar!r}.")
+    for name, value in flags.items():
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError(f"sample: {name} must be True or False, got {value!r}.")
 
 
 def _root_key(seed):
@@ -277,19 +284,49 @@ def _solver_note(logdensity, position) -> str:
     )
 
 
-def _initial_positions(target: _Target, key):
-    """Starts with a finite log-density and gradient, retrying failed chains."""
+def _why_not_finite(target: _Target, first, first_values, chain) -> str:
+    """Why chain ``chain``'s first start was refused: its values and, if so, the solver."""
+    lp0, grad0 = first_values
+    one = jax.tree.map(lambda x: x[chain], first)
+    detail = target.describe_position(one, jax.tree.map(lambda x: x[chain], grad0))
+    return f"the log-density is {_number(lp0[chain])}, {detail}", one
+
+
+def _initial_positions(target: _Target, key, warn: bool = True):
+    """Starts with a finite log-density and gradient, retrying failed chains.
+
+    A given init (not a random draw) that had to be jittered is reported with a
+    :class:`SamplingWarning` naming the chains and the reason, when ``warn``.
+    """
     vg = _value_and_grad_batched(target.logdensity)
     first = positions = target.draw(key)
-    first_values = None
-    for _ in range(MAX_INIT_TRIES):
+    first_values = first_ok = None
+    for tries in range(1, MAX_INIT_TRIES + 1):
         lp, grad = vg(positions)
         if first_values is None:
             first_values = (lp, grad)
         ok = np.isfinite(np.asarray(lp))
         for g in jax.tree.leaves(grad):
             ok &= np.all(np.isfinite(np.asarray(g)).reshape(ok.shape[0], -1), axis=1)
+        if first_ok is None:
+            first_ok = ok
         if ok.all():
+            if warn and target._base is not None and not first_ok.all():
+                moved = [int(c) for c in np.flatnonzero(~first_ok)]
+                reason, one = _why_not_finite(target, first, first_values, moved[0])
+                note = _solver_note(target.logdensity, one)
+                warnings.warn(
+                    f"sample: the given init is not a valid start for chain"
+                    f"{'s' * (len(moved) > 1)} {', '.join(map(str, moved))}: at chain "
+                    f"{moved[0]}'s start {reason}. "
+                    + (note.split(". Give")[0] + ". " if note else "")
+                    + f"{'They start' if len(moved) > 1 else 'It starts'} from the init "
+                    f"jittered by U(-1, 1) instead ({tries - 1} "
+                    f"{'retry' if tries == 2 else 'retries'}). Give init a point where the "
+                    "log-density and its gradient are finite to start where you meant.",
+                    SamplingWarning,
+                    stacklevel=4,
+                )
             return positions, lp
         key, sub = jax.random.split(key)
         candidates = target.redraw(sub, first)
@@ -300,17 +337,14 @@ def _initial_positions(target: _Target, key):
 
         positions = jax.tree.map(choose, positions, candidates)
     chain = int(np.flatnonzero(~ok)[0])
-    lp0, grad0 = first_values
-    one = jax.tree.map(lambda x: x[chain], first)
-    detail = target.describe_position(one, jax.tree.map(lambda x: x[chain], grad0))
+    reason, one = _why_not_finite(target, first, first_values, chain)
     hint = _solver_note(target.logdensity, one) or (
         "Give init a point inside the support, and check the model for log(0) or an inner "
         "solve that fails there (mcg.check_gradients helps)."
     )
     raise InitializationError(
         f"sample: chain {chain}: no start with a finite log-density and gradient after "
-        f"{MAX_INIT_TRIES} tries. At the first start the log-density is "
-        f"{_number(lp0[chain])}, {detail}. {hint}"
+        f"{MAX_INIT_TRIES} tries. At the first start {reason}. {hint}"
     )
 
 
@@ -318,7 +352,8 @@ def _initial_positions(target: _Target, key):
 
 
 @functools.lru_cache(maxsize=64)
-def _draw_pass(logdensity, to_posterior, log_likelihood, solver_stats, generated=None, model=None):
+def _draw_one(logdensity, to_posterior, log_likelihood, solver_stats, generated=None, model=None):
+    """What one draw writes: ``one(position, key) -> {group: {name: array}}``."""
     stats_fn = with_solver_stats(logdensity) if solver_stats else None
 
     def one(position, key):
@@ -344,7 +379,35 @@ def _draw_pass(logdensity, to_posterior, log_likelihood, solver_stats, generated
             out["log_likelihood"] = log_likelihood(position)
         return out
 
+    return one
+
+
+@functools.lru_cache(maxsize=64)
+def _draw_pass(one):
     return jax.jit(jax.vmap(one))
+
+
+def _check_draw_outputs(one, target, generated) -> None:
+    """Trace the per-draw pass on the parameters' shapes, before anything is compiled.
+
+    A broken ``generated_quantities`` fails here rather than after the sampling.
+    """
+    try:
+        jax.eval_shape(one, target.template, jax.random.key(0))
+    except Exception as err:
+        if generated is None or str(err).startswith("sample: generated_quantities"):
+            raise
+        params = (
+            jax.eval_shape(target.model.to_constrained, target.template)
+            if target.model is not None
+            else target.template
+        )
+        cls = TypeError if isinstance(err, TypeError) else ValueError
+        raise cls(
+            "sample: generated_quantities(params, key) fails on the parameters' shapes "
+            f"(checked before sampling): {type(err).__name__}: {err}. params is "
+            f"{_describe(params)}; it must return a dict of name -> array."
+        ) from err
 
 
 def _generated_keys(key, num_chains, start, count):
@@ -376,6 +439,7 @@ class _Names:
 # ------------------------------------------------------------------------- the sampler
 
 
+@surface_solver_errors
 def sample(
     model_or_logdensity,
     init=None,
@@ -418,7 +482,8 @@ def sample(
         ``init(key) -> position`` drawn per chain. One position is used by every chain
         unless ``init_per_chain=True``, when leaves carry a leading chain axis.
         A start with a non-finite log-density or gradient is redrawn (random inits)
-        or jittered by U(-1, 1) (given inits), up to 100 times, then
+        or jittered by U(-1, 1) (given inits, with a :class:`SamplingWarning` naming
+        the chains and the reason when ``warn``), up to 100 times, then
         :class:`InitializationError` names the chain, parameter and value.
     num_chains, num_warmup, num_samples : int
         Chains, warmup steps per chain, and draws kept per chain.
@@ -446,7 +511,14 @@ def sample(
     checkpoint : str or path, optional
         Directory to write draws to, ``checkpoint_every`` draws at a time. A run that
         finds its own checkpoint there resumes after the last complete chunk and ends
-        with the draws an uninterrupted run gives; the warmup is saved too.
+        with the draws an uninterrupted run gives; the warmup is saved too. The
+        checkpoint identifies its run: seed, settings, parameter layout, starting
+        points, the log-density itself (its program, the arrays it closes over, and its
+        values and gradients at fixed probe points) and what each draw writes
+        (parameters, generated quantities, solver statistics, log-likelihood). A call
+        that differs in any of them raises :class:`CheckpointError` naming what differs,
+        before anything is written. Only ``num_samples`` (to extend a run),
+        ``checkpoint_every``, ``progress_bar`` and ``warn`` may change on resume.
     checkpoint_every : int
         Draws per chunk when checkpointing.
     init_per_chain : bool
@@ -461,7 +533,8 @@ def sample(
         log-density per draw, after the chains have run.
     warn : bool
         Issue :class:`~mcmc_customgrad.SamplingWarning` for every failed post-run check
-        (see :func:`~mcmc_customgrad.diagnose`).
+        (see :func:`~mcmc_customgrad.diagnose`) and for a given init that had to be
+        jittered.
     generated_quantities : callable, optional
         ``generated_quantities(params, key) -> dict`` of arrays, evaluated at every draw
         after the chains have run and stored in the posterior group under its names
@@ -470,7 +543,8 @@ def sample(
         sees (a Model's constrained values by name, or the position pytree); ``key`` is
         a JAX key fixed by the seed, the chain and the draw index, so the values are
         reproducible and the same after a resume from a checkpoint. It must be
-        jit/vmap-compatible and must not reuse a parameter's name.
+        jit/vmap-compatible and must not reuse a parameter's name; it is traced on the
+        parameters' shapes before anything is compiled, so a broken one fails at once.
 
     Returns
     -------
@@ -481,6 +555,16 @@ def sample(
         ``solver_*`` statistics at each draw); ``log_likelihood`` when the model has
         one; ``attrs`` with the seed, the settings, timings, gradient-evaluation counts
         and library versions.
+
+    Raises
+    ------
+    SolverError
+        An inner solve with ``on_failure="raise"`` failed at some proposal (the message
+        is the solver's).
+    CheckpointError
+        ``checkpoint`` belongs to another run, or cannot be written.
+    InitializationError
+        No chain found a start with a finite log-density and gradient.
 
     Notes
     -----
@@ -517,7 +601,7 @@ def sample(
             "sample: generated_quantities must be a callable (params, key) -> dict, got "
             f"{type(generated_quantities).__name__}."
         )
-    warn_if_float32("mcg.sample")
+    warn_if_float32("mcg.sample", stacklevel=4)
     configure_cache()
     _check_settings(
         kernel,
@@ -530,7 +614,13 @@ def sample(
         num_integration_steps,
         progress_bar,
         checkpoint_every,
+        dense_mass=dense_mass,
+        solver_stats=solver_stats,
+        warn=warn,
+        init_per_chain=init_per_chain,
     )
+    if checkpoint is not None:
+        Checkpoint.check_path(checkpoint)
     settings = Settings(
         kernel=kernel,
         target_accept=float(target_accept),
@@ -542,6 +632,17 @@ def sample(
     num_chains, num_samples = int(num_chains), int(num_samples)
     key, seed_attr = _root_key(seed)
     target = _Target(model_or_logdensity, init, init_per_chain, num_chains)
+    model = target.model
+    to_posterior = model.to_constrained if model is not None else _Names(target.names)
+    one_draw = _draw_one(
+        target.logdensity,
+        to_posterior,
+        target.log_likelihood,
+        bool(solver_stats),
+        generated_quantities,
+        model,
+    )
+    _check_draw_outputs(one_draw, target, generated_quantities)
     chains = ChainMap(chain_method, num_chains)
     if chain_method == "parallel" and chains.num_devices == 1 and num_chains > 1:
         warnings.warn(
@@ -549,7 +650,7 @@ def sample(
             f"can share {num_chains} chains evenly, so the chains run vectorized on one. On "
             "CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N before importing jax.",
             SamplingWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     progress = Progress(num_samples, num_chains, progress_enabled(progress_bar))
     timings = {}
@@ -558,20 +659,26 @@ def sample(
     start = time.perf_counter()
     k_init, k_warm, k_draw = jax.random.split(key, 3)
     with progress.phase(f"compiling the log-density, checking {num_chains} starting points"):
-        positions, init_lp = _initial_positions(target, k_init)
+        positions, init_lp = _initial_positions(target, k_init, warn=warn)
     timings["init_seconds"] = time.perf_counter() - start
 
     store = None
     if checkpoint is not None:
-        meta = {
-            "seed": seed_attr,
-            "num_chains": num_chains,
-            "chain_method": chain_method,
-            "settings": settings.__dict__,
-            "layout": _describe(target.template),
-            "init_sha256": _sha256(positions),
-            "init_lp": [repr(float(v)) for v in np.asarray(init_lp)],
-        }
+        with progress.phase("fingerprinting the log-density for the checkpoint"):
+            # Probe points around a start that depends on init but not on the seed.
+            anchor = jax.tree.map(lambda x: x[0], target.draw(jax.random.key(PROBE_SEED)))
+            density = density_fingerprint(target.logdensity, target.template, anchor)
+            density["lp_at_starts"] = [float(v) for v in np.asarray(init_lp)]
+            meta = {
+                "seed": seed_attr,
+                "num_chains": num_chains,
+                "chain_method": chain_method,
+                "settings": settings.__dict__,
+                "layout": _describe(target.template),
+                "init_sha256": _sha256(positions),
+                "density": density,
+                "outputs": outputs_fingerprint(one_draw, target.template, jax.random.key(0)),
+            }
         store = Checkpoint(checkpoint, meta)
 
     # ---- warmup
@@ -632,16 +739,7 @@ def sample(
         state = state_def.unflatten(
             [jnp.asarray(last[f"state_{i}"]) for i in range(state_def.num_leaves)]
         )
-    model = target.model
-    to_posterior = model.to_constrained if model is not None else _Names(target.names)
-    draw_pass = _draw_pass(
-        target.logdensity,
-        to_posterior,
-        target.log_likelihood,
-        solver_stats,
-        generated_quantities,
-        model,
-    )
+    draw_pass = _draw_pass(one_draw)
     k_generated = jax.random.fold_in(key, 7)  # apart from the sampler's keys
 
     def chunk_args(state, done):
@@ -735,7 +833,7 @@ def sample(
         idata[group].attrs.update(attrs)
     if warn:
         for problem in diagnose(idata):
-            warnings.warn(problem.message, SamplingWarning, stacklevel=2)
+            warnings.warn(problem.message, SamplingWarning, stacklevel=3)
     return idata
 
 

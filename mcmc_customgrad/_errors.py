@@ -1,0 +1,112 @@
+"""``on_failure="raise"`` inside the library's drivers: a :class:`SolverError`, not XLA's.
+
+Under ``jit`` an inner solve with ``on_failure="raise"`` reports a failure from a host
+callback (``jax.debug.callback``). The exception raised there cannot cross the compiled
+program: JAX logs it ("jax.debug.callback failed" and a traceback, on the
+``jax._src.debugging`` logger) and the program then fails with
+``jax.errors.JaxRuntimeError: INTERNAL: CpuCallback error calling callback: ...`` whose
+text ends with the original ``SolverError: <message>``. A user's own ``jit`` shows
+exactly that. The library's drivers (:func:`~mcmc_customgrad.sample`,
+:func:`~mcmc_customgrad.check_gradients`, :func:`~mcmc_customgrad.sbc`,
+:func:`~mcmc_customgrad.coupled_chains`) run under :func:`surface_solver_errors`,
+which silences that log record and raises :class:`SolverError` with the solver's message,
+so ``except mcg.SolverError`` catches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+
+import jax
+
+from .implicit._base import SolverError
+
+__all__ = ["surface_solver_errors", "solver_error_from"]
+
+_MARKER = "SolverError: "
+_LOGGER = "jax._src.debugging"
+
+
+class _DropSolverErrors(logging.Filter):
+    """Drop the log record of a host callback that raised a :class:`SolverError`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        return not (info and info[0] is not None and issubclass(info[0], SolverError))
+
+
+def solver_error_from(err: BaseException) -> SolverError | None:
+    r"""The :class:`SolverError` a runtime error carries from a host callback, or None.
+
+    Examples
+    --------
+    >>> from mcmc_customgrad._errors import solver_error_from
+    >>> err = RuntimeError("INTERNAL: CpuCallback ...\nSolverError: root did not converge")
+    >>> str(solver_error_from(err))
+    'root did not converge'
+    >>> solver_error_from(RuntimeError("something else")) is None
+    True
+    """
+    if isinstance(err, SolverError):
+        return err
+    text = str(err)
+    at = text.rfind(_MARKER)
+    if at < 0:
+        return None
+    return SolverError(text[at + len(_MARKER) :].strip())
+
+
+@contextlib.contextmanager
+def _surfacing():
+    logger = logging.getLogger(_LOGGER)
+    drop = _DropSolverErrors()
+    logger.addFilter(drop)
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as err:
+        solver_error = solver_error_from(err)
+        if solver_error is None:
+            raise
+        raise solver_error from None
+    finally:
+        logger.removeFilter(drop)
+
+
+def surface_solver_errors(fn):
+    """Decorate a driver so that ``on_failure="raise"`` inside it raises :class:`SolverError`.
+
+    Parameters
+    ----------
+    fn : callable
+        A function that runs compiled programs which may hold inner solves.
+
+    Returns
+    -------
+    callable
+        ``fn`` with the same signature and docstring.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import mcmc_customgrad as mcg
+    >>> from mcmc_customgrad._errors import surface_solver_errors
+    >>> solver = mcg.solvers.Newton(max_steps=2)
+    >>> @surface_solver_errors
+    ... def run(x):
+    ...     f = lambda y, x: y**3 - x
+    ...     return jax.jit(lambda x: mcg.root(f, 1.0, x, solver=solver, on_failure="raise"))(x)
+    >>> try:
+    ...     run(1e9)
+    ... except mcg.SolverError as err:
+    ...     print(str(err)[:33])
+    mcmc_customgrad.root did not conv
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with _surfacing():
+            return fn(*args, **kwargs)
+
+    return wrapped
