@@ -6,16 +6,24 @@ post-run checks), ``compare custom.nc reference.nc`` (the chain comparison of
 (the gradient report), ``models`` (the built-in models), ``demo`` (the README's main job).
 
 Exit codes, for scripts: 0 success; 1 the run or check failed (sampling could not start,
-a checkpoint belongs to another run, ``summary --strict`` found problems, a comparison or
+the model's code raised while sampling or checking, a checkpoint belongs to another run,
+the results could not be written, ``summary --strict`` found problems, a comparison or
 gradient check failed, the demo's numbers disagree); 2 bad usage (unknown command, model
-or option, unreadable file).
+or option, a model file that fails to import or build, unreadable file, an output path
+that cannot be written). Output paths are checked before anything is compiled, and draws
+that cannot be written where asked are saved elsewhere, with the place in the message.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import linecache
+import os
 import sys
+import sysconfig
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +35,89 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class UsageError(Exception):
     """Bad command-line input: exit code 2."""
+
+
+class CommandFailed(Exception):
+    """The command could not finish (the model's code raised, a result was not written): exit 1."""
+
+
+def _library_roots() -> tuple[str, ...]:
+    """Folders of code that is not the user's: this package, the stdlib, installed packages."""
+    paths = sysconfig.get_paths()
+    roots = {os.path.realpath(Path(__file__).parent)}
+    roots |= {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return tuple(root + os.sep for root in roots)
+
+
+def _user_frame(err: BaseException, file=None):
+    """``(file, line, function)``: the last frame of the user's code in ``err``, or None.
+
+    The user's code is ``file`` and any other file outside this package, the standard
+    library and the installed packages. An error raised ``from`` another is searched from
+    the first one raised, which is where the user's code went wrong (a parameter the
+    density reads but does not declare, say).
+    """
+    import traceback
+
+    chain = [err]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    roots = _library_roots()
+    own = os.path.realpath(file) if file else None
+
+    def users(name: str) -> bool:
+        if name.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+            return False
+        path = os.path.realpath(name)
+        return path == own or not path.startswith(roots)
+
+    for exc in reversed(chain):
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if users(f.filename)]
+        if frames:
+            return frames[-1].filename, frames[-1].lineno, frames[-1].name
+    return None
+
+
+def _describe_user_error(headline: str, err: BaseException, file=None) -> str | None:
+    """``<headline>: <Type>: <message>``, then the user's line that raised.
+
+    None when ``err`` did not pass through the user's code (a bug of the library).
+    """
+    frame = _user_frame(err, file)
+    if frame is None:
+        return None
+    path, line, function = frame
+    source = linecache.getline(path, line).strip()
+    message = str(err).split("\n--------------------\n")[0].strip()  # JAX's filtering note
+    text = f"{headline}: {type(err).__name__}: {message}\n  at {path}:{line}, in {function}"
+    return f"{text}: {source}" if source else text
+
+
+def _model_file(spec: str) -> str | None:
+    """The file of a ``path/to/file.py:function`` model, or None for a built-in one."""
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        return spec.rsplit(":", 1)[0]
+    return None
+
+
+@contextlib.contextmanager
+def _running_user_code(spec: str, doing: str):
+    """Report an error raised in a model file's code as a message naming its line (exit 1).
+
+    A wrong derivative rule or a shape error in the user's density then reads as one
+    message with the user's line, not a traceback through the library. Errors that never
+    passed through the user's code are left alone.
+    """
+    try:
+        yield
+    except (UsageError, CommandFailed):
+        raise
+    except Exception as err:
+        file = _model_file(spec)
+        text = file and _describe_user_error(f"error in {file} {doing}", err, file)
+        if text is None:
+            raise
+        raise CommandFailed(text) from err
 
 
 def _rel(a, b) -> float:
@@ -149,28 +240,24 @@ def load_example(spec: str):
     """
     from mcmc_customgrad import Model, models
 
-    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+    if _model_file(spec) is not None:
         path, name = spec.rsplit(":", 1)
-        file = Path(path)
-        if not file.is_file():
-            raise UsageError(f"model file {path} does not exist.")
-        module_spec = importlib.util.spec_from_file_location(f"_mcg_user_{file.stem}", file)
-        module = importlib.util.module_from_spec(module_spec)
+        builder = _user_builder(path, name)
         try:
-            module_spec.loader.exec_module(module)
+            built = builder()
         except Exception as err:
-            raise UsageError(f"importing {path} failed: {type(err).__name__}: {err}") from err
-        builder = getattr(module, name, None)
-        if not callable(builder):
-            raise UsageError(f"{path} has no function {name!r}.")
+            text = _describe_user_error(f"error in {path}:{name}()", err, path)
+            raise UsageError(
+                text or f"{path}:{name}() failed: {type(err).__name__}: {err}"
+            ) from err
     elif spec in models.REGISTRY:
-        builder = models.REGISTRY[spec]
+        built = models.REGISTRY[spec]()
     else:
+        hint = f"; name the function too, e.g. {spec}:build" if spec.endswith(".py") else ""
         raise UsageError(
             f"unknown model {spec!r}: use one of {sorted(models.REGISTRY)} (see "
-            "`mcmc-customgrad models`) or path/to/file.py:function."
+            f"`mcmc-customgrad models`) or path/to/file.py:function{hint}."
         )
-    built = builder()
     if isinstance(built, models.Example):
         return built.model, built.reference
     if isinstance(built, Model):
@@ -179,6 +266,38 @@ def load_example(spec: str):
         f"{spec} returned {type(built).__name__}; it must return an mcg.Model or an "
         "mcg.models.Example."
     )
+
+
+def _user_builder(path: str, name: str):
+    """The function ``name`` of the file ``path``, which must take no arguments."""
+    import inspect
+
+    file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"model file {path} is a directory; give path/to/file.py:{name}.")
+    if not file.is_file():
+        raise UsageError(f"model file {path} does not exist.")
+    module_spec = importlib.util.spec_from_file_location(f"_mcg_user_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        text = _describe_user_error(f"importing {path} failed", err, path)
+        raise UsageError(text or f"importing {path} failed: {type(err).__name__}: {err}") from err
+    builder = getattr(module, name, None)
+    if not callable(builder):
+        raise UsageError(f"{path} has no function {name!r}.")
+    try:
+        inspect.signature(builder).bind()
+    except TypeError:
+        raise UsageError(
+            f"{path}:{name}{inspect.signature(builder)} needs arguments, but the command line "
+            "calls it with none: give a function of no arguments that returns an mcg.Model or "
+            "an mcg.models.Example (it may call this one with the arguments)."
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): calling it will tell
+        pass
+    return builder
 
 
 def load_model(spec: str, reference: bool = False):
@@ -500,12 +619,118 @@ def demo(out=None, quick: bool = False, progress=None) -> bool:
     return ok and report.passed
 
 
-def _cmd_sample(args, out) -> int:
-    import mcmc_customgrad as mcg
+def _writable_directory(folder: Path, flag: str, given) -> None:
+    """Create ``folder`` if it is missing and check that files can be written in it."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {given}: {folder} is a file, not a directory; give another path.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {given}: cannot create the directory {folder} ({err.strerror or err}); "
+            "give a path in a writable place."
+        ) from err
+    try:  # the only sure test of writing is to write
+        handle, probe = tempfile.mkstemp(prefix=".mcg-write-check-", dir=folder)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {given}: cannot write in {folder} ({err.strerror or err}); give a path in "
+            "a writable place."
+        ) from err
+
+
+def _check_output_file(path, flag: str, example: str) -> None:
+    """Before any work: ``path`` is a file that can be written (its directory is created)."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(
+            f"{flag} {path} is a directory; {flag} takes a file name, e.g. {flag} "
+            f"{target / example}."
+        )
+    _writable_directory(target.parent, flag, path)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UsageError(
+            f"{flag} {path}: the file exists and cannot be overwritten (permission denied); "
+            "give another path, or make the file writable."
+        )
+
+
+def _check_output_directory(path, flag: str) -> None:
+    """Before any work: ``path`` is a directory (created if missing) that can be written."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(
+            f"{flag} {path} is a file, but {flag} takes a directory (for report.md and the "
+            f"figures): give a new or existing directory, e.g. {flag} {target.parent / 'report'}."
+        )
+    _writable_directory(target, flag, path)
+
+
+def _rescue(idata, wanted) -> str | None:
+    """Save ``idata`` under a new name in the current, else the temporary, directory.
+
+    Returns the path, or None when neither can be written.
+    """
     from mcmc_customgrad.diagnostics import save
 
+    stem = Path(wanted).stem or "run"
+    folders = []
+    with contextlib.suppress(OSError):  # the current directory may have been removed
+        folders.append(str(Path.cwd()))
+    folders.append(tempfile.gettempdir())
+    for folder in dict.fromkeys(folders):
+        try:
+            handle, name = tempfile.mkstemp(prefix=f"{stem}-unsaved-", suffix=".nc", dir=folder)
+            os.close(handle)
+        except OSError:
+            continue
+        try:
+            return save(idata, name)
+        except Exception:
+            with contextlib.suppress(OSError):
+                os.remove(name)
+    return None
+
+
+def _save_run(idata, path) -> str | None:
+    """Write the draws to ``path``; if that fails, save them elsewhere.
+
+    Returns None, or the error message, which says where the draws are.
+    """
+    from mcmc_customgrad.diagnostics import save
+
+    try:
+        save(idata, path)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}"
+        rescued = _rescue(idata, path)
+        if rescued is None:
+            return (
+                f"writing {path} failed after sampling ({reason}), and so did saving the "
+                f"draws in the current directory and in {tempfile.gettempdir()}: they are "
+                "lost. Fix the cause (disk space, permissions), then sample again."
+            )
+        return (
+            f"writing {path} failed after sampling ({reason}); the draws are saved in "
+            f"{rescued} instead: move that file where you want it (`summary` and `compare` "
+            "read it)."
+        )
+    return None
+
+
+def _print_error(message) -> None:
+    print(f"mcmc-customgrad: error: {message}", file=sys.stderr)
+
+
+def _cmd_sample(args, out) -> int:
+    import mcmc_customgrad as mcg
+
     model = load_model(args.model, reference=args.reference)
-    with warnings.catch_warnings():
+    if args.out:
+        _check_output_file(args.out, "--out", "run.nc")
+    with warnings.catch_warnings(), _running_user_code(args.model, "while sampling"):
         warnings.simplefilter("ignore", mcg.SamplingWarning)  # printed below instead
         idata = mcg.sample(
             model,
@@ -521,10 +746,14 @@ def _cmd_sample(args, out) -> int:
             checkpoint=args.checkpoint,
             progress_bar=args.progress,
         )
-    if args.out:
-        save(idata, args.out)
+    # The draws first: if writing fails, where they went is said before anything else runs.
+    failure = _save_run(idata, args.out) if args.out else None
+    if failure:
+        _print_error(failure)
     print(_summary_table(idata).to_string(), file=out)
     _print_diagnostics(idata, out)
+    if failure:
+        return EXIT_FAILED
     if args.out:
         print(f"wrote {args.out}", file=out)
     return EXIT_OK
@@ -540,12 +769,21 @@ def _cmd_summary(args, out) -> int:
 def _load_run(path):
     from mcmc_customgrad.diagnostics import load
 
-    if not Path(path).is_file():
-        raise UsageError(f"{path} does not exist.")
+    if Path(path).is_dir():
+        runs = sorted(p.name for p in Path(path).glob("*.nc"))
+        holds = f" ({path} holds {', '.join(runs[:5])})" if runs else ""
+        raise UsageError(
+            f"{path} is a directory; give a netCDF file written by `mcmc-customgrad sample "
+            f"--out`, e.g. {Path(path) / (runs[0] if runs else 'run.nc')}{holds}."
+        )
+    if not Path(path).exists():
+        raise UsageError(f"{path} does not exist; give a netCDF file written by `sample --out`.")
     try:
         idata = load(path)
-    except Exception as err:
-        raise UsageError(f"{path} is not a netCDF run file: {err}") from err
+    except OSError as err:  # unreadable: permissions, I/O
+        raise UsageError(f"cannot read {path}: {err.strerror or err}.") from err
+    except ValueError as err:  # not netCDF; the message names the path and what to give
+        raise UsageError(str(err)) from err
     from mcmc_customgrad.diagnostics import _arviz
 
     if not _arviz.is_inference_data(idata):
@@ -557,6 +795,8 @@ def _cmd_compare(args, out) -> int:
     import mcmc_customgrad as mcg
 
     custom, reference = _load_run(args.custom), _load_run(args.reference)
+    if args.out:
+        _check_output_directory(args.out, "--out")
     try:
         report = mcg.compare_chains(
             custom,
@@ -572,7 +812,13 @@ def _cmd_compare(args, out) -> int:
         raise UsageError(f"cannot compare {args.custom} with {args.reference}: {message}") from err
     print(cli_hints(str(report), "compare"), file=out)
     if args.out:
-        path = mcg.write_report(report, args.out, figures=not args.no_figures)
+        try:
+            path = mcg.write_report(report, args.out, figures=not args.no_figures)
+        except OSError as err:
+            raise CommandFailed(
+                f"writing the report to {args.out} failed ({type(err).__name__}: {err}); the "
+                "verdict above stands: run again with another --out for report.md and the figures."
+            ) from err
         print(f"wrote {path}", file=out)
     failed = not report.passed or (args.require_efficiency and report.efficiency_passed is False)
     return EXIT_FAILED if failed else EXIT_OK
@@ -584,14 +830,17 @@ def _cmd_check_grad(args, out) -> int:
     import mcmc_customgrad as mcg
 
     model, reference = load_example(args.model)
-    report = mcg.check_gradients(
-        model,
-        model.init,
-        None if args.no_reference else reference,
-        order=args.order,
-        num_points=args.points,
-        seed=args.seed,
-    )
+    if args.plot:
+        _check_plot_file(args.plot)
+    with _running_user_code(args.model, "while checking the gradients"):
+        report = mcg.check_gradients(
+            model,
+            model.init,
+            None if args.no_reference else reference,
+            order=args.order,
+            num_points=args.points,
+            seed=args.seed,
+        )
     # One description of the points, for this text and for the plot's title.
     source = (
         f"drawn by model.init (the sampler's random start: uniform on (-2, 2) in every "
@@ -608,8 +857,28 @@ def _cmd_check_grad(args, out) -> int:
         print(f"- {failure}", file=out)
     print("PASSED" if report.passed else "FAILED", file=out)
     if args.plot:
-        print(f"wrote {report.plot(args.plot)}", file=out)
+        try:
+            print(f"wrote {report.plot(args.plot)}", file=out)
+        except OSError as err:
+            raise CommandFailed(
+                f"writing the plot {args.plot} failed ({type(err).__name__}: {err}); the "
+                "table above is the result: run again with another --plot for the figure."
+            ) from err
     return EXIT_OK if report.passed else EXIT_FAILED
+
+
+def _check_plot_file(path) -> None:
+    """Before the check: a writable file in a format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    _check_output_file(path, "--plot", "gradients.png")
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise UsageError(
+            f"--plot {path}: matplotlib cannot write .{suffix} files; give a .png file "
+            f"(or .{', .'.join(sorted(formats))})."
+        )
 
 
 def _role(match) -> str:
@@ -786,7 +1055,7 @@ def main(argv=None, out=None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from mcmc_customgrad import CheckpointError, InitializationError
+    from mcmc_customgrad import CheckpointError, InitializationError, SolverError
     from mcmc_customgrad._cache import configure_cache
 
     out = out or sys.stdout
@@ -810,11 +1079,14 @@ def main(argv=None, out=None) -> int:
         }
         return command[args.command](args, out)
     except UsageError as err:
-        print(f"mcmc-customgrad: error: {err}", file=sys.stderr)
+        _print_error(err)
         return EXIT_USAGE
+    except (CommandFailed, SolverError) as err:  # an inner solve with on_failure="raise"
+        _print_error(err)
+        return EXIT_FAILED
     except ValueError as err:  # bad settings caught by mcg.sample before compiling
         kind = (InitializationError, CheckpointError)
-        print(f"mcmc-customgrad: error: {err}", file=sys.stderr)
+        _print_error(err)
         return EXIT_FAILED if isinstance(err, kind) else EXIT_USAGE
 
 

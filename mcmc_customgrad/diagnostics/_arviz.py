@@ -12,6 +12,7 @@ density estimates, the same code on both versions.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -190,20 +191,145 @@ def bfmi(idata) -> np.ndarray:
     return np.asarray(arviz.bfmi(idata), dtype=float)
 
 
+#: The first bytes of the two netCDF formats: HDF5 (netCDF-4, what :func:`save` writes;
+#: the signature may also sit at byte 512, 1024, ... after a user block) and classic netCDF.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_CLASSIC_SIGNATURE = b"CDF"
+
+_WRITTEN_BY = "mcg.diagnostics.save or `mcmc-customgrad sample --out`"
+
+
 def save(idata, path) -> str:
-    """Write ``idata`` to a netCDF file; returns the path."""
+    """Write ``idata`` to a netCDF file; returns the path.
+
+    An existing file at ``path`` is overwritten; its directory must exist.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData or xarray.DataTree
+        A run, as :func:`~mcmc_customgrad.sample` or :func:`to_inference_data` returns.
+    path : str or path-like
+        The file to write, e.g. ``run.nc``.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    IsADirectoryError
+        ``path`` is a directory.
+    FileNotFoundError
+        The directory of ``path`` does not exist.
+    NotADirectoryError
+        The directory of ``path`` is a file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> import mcmc_customgrad as mcg
+    >>> run = mcg.diagnostics.to_inference_data({"x": np.zeros((2, 10))}, {})
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = mcg.diagnostics.save(run, Path(tmp) / "run.nc")
+    ...     mcg.diagnostics.load(path).posterior["x"].shape
+    (2, 10)
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"cannot save the run to {path}: it is a directory; give a file name, e.g. "
+            f"{target / 'run.nc'}."
+        )
+    folder = target.parent
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"cannot save the run to {path}: its directory {folder} does not exist; create "
+            "it first (Path(...).mkdir(parents=True)) or give another path."
+        )
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"cannot save the run to {path}: {folder} is a file, not a directory; give "
+            "another path."
+        )
     idata.to_netcdf(str(path))  # InferenceData returns the path, a DataTree None
     return str(path)
 
 
+def _not_a_run(path, head: bytes, err: Exception) -> str:
+    """Why ``path``, whose first bytes are ``head``, could not be read as a run."""
+    if not head:
+        what = "it is empty"
+    elif head.startswith((_HDF5_SIGNATURE, _CLASSIC_SIGNATURE)):
+        what = f"it is netCDF/HDF5, but ArviZ cannot read it as a run ({type(err).__name__}: {err})"
+    else:
+        what = "its contents are not netCDF"
+    return (
+        f"{path} is not a netCDF run file: {what}; give a netCDF file written by "
+        f"mcmc_customgrad or ArviZ ({_WRITTEN_BY})."
+    )
+
+
 def load(path):
-    """Read an ``InferenceData`` written by :func:`save` (netCDF; nothing is unpickled)."""
-    run = arviz.from_netcdf(str(path))
-    if ARVIZ_1:
-        # ArviZ 1.x opens the file lazily and keeps it open; read it all and close it,
-        # so that the run outlives the file and the path can be written again.
-        run = run.load()
-        run.close()
+    """Read a run written by :func:`save` (netCDF; nothing is unpickled).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A netCDF file written by :func:`save` (or ArviZ's ``to_netcdf``, or
+        ``mcmc-customgrad sample --out``).
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        The run, read into memory: the file is closed and may be written again.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing exists at ``path``.
+    IsADirectoryError
+        ``path`` is a directory.
+    ValueError
+        ``path`` is not a netCDF file that ArviZ reads as a run (a text file, an empty
+        file, ...); the error of the netCDF reader is its ``__cause__``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import mcmc_customgrad as mcg
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     text = Path(tmp) / "notes.txt"
+    ...     _ = text.write_text("not a run")
+    ...     try:
+    ...         mcg.diagnostics.load(text)
+    ...     except ValueError as err:
+    ...         print("is not a netCDF run file" in str(err), err.__cause__ is not None)
+    True True
+    """
+    source = Path(path)
+    if source.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a directory; give the netCDF file of a run in it, written by {_WRITTEN_BY}."
+        )
+    if not source.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; give the netCDF file of a run, written by {_WRITTEN_BY}."
+        )
+    with open(source, "rb") as file:  # a file that cannot be read says so here, as itself
+        head = file.read(len(_HDF5_SIGNATURE))
+    try:
+        run = arviz.from_netcdf(str(path))
+        if ARVIZ_1:
+            # ArviZ 1.x opens the file lazily and keeps it open; read it all and close it,
+            # so that the run outlives the file and the path can be written again.
+            run = run.load()
+            run.close()
+    except Exception as err:  # h5py's, netCDF4's or xarray's word for "not netCDF"
+        raise ValueError(_not_a_run(path, head, err)) from err
     return run
 
 
