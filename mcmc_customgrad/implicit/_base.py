@@ -23,6 +23,8 @@ __all__ = [
     "SolverError",
     "default_tolerances",
     "converged_within",
+    "residual_within",
+    "step_within",
     "residual_scale",
 ]
 
@@ -39,7 +41,9 @@ class SolverInfo(NamedTuple):
     Attributes
     ----------
     converged : bool array
-        True when the optimality residual at the returned point is within tolerance.
+        True when the optimality residual at the returned point is within tolerance and
+        the point is known to tolerance (see
+        :func:`~mcmc_customgrad.implicit._base.converged_within`).
     num_steps : int32 array
         Iterations the forward solver took (-1 when a custom solver does not say).
     residual_norm : float array
@@ -65,22 +69,67 @@ def default_tolerances(dtype) -> tuple[float, float]:
     """Return the default ``(rtol, atol)`` for a floating dtype.
 
     ``1e-10`` in float64 (rule 6 of the design: the implicit gradient is only exact at
-    the true solution) and ``1000 * eps`` for lower precisions, which is what can be
-    reached with the residual evaluated in that precision.
+    the true solution) and ``1000 * eps`` for lower precisions (``1.2e-4`` in float32),
+    which is what can be reached with the residual evaluated in that precision. A
+    tolerance this coarse is larger than many residuals themselves, which is why
+    :func:`converged_within` also asks for ``y`` to be known to it.
     """
     eps = float(jnp.finfo(dtype).eps)
     tol = max(1e-10, 1000.0 * eps)
     return tol, tol
 
 
-def converged_within(residual_norm, scale, rtol, atol):
-    """Residual test shared by every solver: ``|F(y)|_inf <= atol + rtol * scale``.
+def residual_within(residual_norm, scale, rtol, atol):
+    """The residual test alone: ``|F(y)|_inf <= atol + rtol * scale``.
 
-    ``scale`` comes from :func:`residual_scale` at the current point, never from the
-    start: a tolerance relative to ``|F(y0)|`` would accept a wrong answer whenever the
-    start is far off (``exp(y) - 1`` from ``y0 = 30`` has ``|F(y0)| = 1e13``).
+    Necessary for convergence, never sufficient: see :func:`converged_within`.
     """
     return residual_norm <= atol + rtol * scale
+
+
+def step_within(step_norm, y_norm, rtol, atol):
+    """The step test: ``|delta|_inf <= atol + rtol * |y|_inf``, False for a NaN ``delta``.
+
+    ``delta`` is a solver's estimate of ``y - y*`` at the current point; the test says
+    that ``y`` is known to tolerance, in the units of ``y``.
+    """
+    return step_norm <= atol + rtol * y_norm
+
+
+def converged_within(residual_norm, scale, rtol, atol, *, step_norm, y_norm, start_norm):
+    """Convergence test shared by every solver: a small residual *and* a known ``y``.
+
+    Converged when
+
+    1. the residual test passes: ``|F(y)|_inf <= atol + rtol * scale`` (``scale`` from
+       :func:`residual_scale` at the current point), **and**
+    2. either the step test passes, ``|delta|_inf <= atol + rtol * |y|_inf``, where
+       ``delta`` (``step_norm`` is its max-norm) is the solver's own estimate of
+       ``y - y*`` at the current point (the undamped Newton step, the quasi-Newton step,
+       a secant estimate, a bracket's width; NaN or ``inf`` when it has none yet), or,
+       as a secondary test, the residual has fallen below ``rtol`` times its value at
+       the start: ``|F(y)|_inf <= rtol * |F(y0)|_inf`` (``start_norm``).
+
+    The residual test alone accepts a point whose residual is small only because the
+    function is: ``1e-5 * (y - 2)`` from ``y0 = 0`` has ``|F(y0)| = 2e-5``, within
+    float32's default tolerance ``1.2e-4``, and ``1e-12 * (y - 2)`` passes float64's
+    ``1e-10``. Neither passes the step test (the Newton step is 2) or the secondary test
+    (the residual has not fallen at all), so neither is accepted at ``y0``. A point is
+    accepted at the start only if the step it would take is negligible or its residual
+    is exactly zero. For a residual that is linear near ``y*``, the secondary test bounds
+    the error by about ``rtol * cond(J) * |y0 - y*|``: relative to the distance from the
+    start, so it can never replace the step test when ``y0`` is far off, but it accepts
+    solutions whose Jacobian is singular (a double root) or that a solver has no
+    ``delta`` for.
+
+    The residual tolerance is never relative to ``|F(y0)|`` alone: that would accept a
+    wrong answer whenever the start is far off (``exp(y) - 1`` from ``y0 = 30`` has
+    ``|F(y0)| = 1e13``).
+    """
+    residual_ok = residual_within(residual_norm, scale, rtol, atol)
+    known = step_within(step_norm, y_norm, rtol, atol)
+    fallen = residual_norm <= rtol * start_norm
+    return residual_ok & (known | fallen)
 
 
 def residual_scale(kind: str, y, value=None):

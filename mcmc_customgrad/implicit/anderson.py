@@ -28,17 +28,49 @@ def _validate_common(self, name):
         raise ValueError(f"{name}: damping must be in (0, 1], got {self.damping!r}.")
 
 
+def _secant_step_norm(y, r, y_prev, r_prev):
+    """``|r|_inf / sigma`` with ``sigma = |r - r_prev|_inf / |y - y_prev|_inf``.
+
+    ``sigma`` is the secant estimate, along the last step, of how fast the residual
+    ``T(y) - y`` changes with ``y`` (``1 - L`` for a contraction with factor ``L``), so
+    the result estimates the Newton step ``|(I - T')^-1 (T(y) - y)|``, the distance to
+    the fixed point, which is ``1 / (1 - L)`` times the residual: a map that contracts
+    slowly has small residuals far from its fixed point. NaN (no estimate) before the
+    first step.
+    """
+    return max_norm(r) * max_norm(y - y_prev) / max_norm(r - r_prev)
+
+
+def _done(y, r, y_prev, r_prev, r0_norm, rtol, atol):
+    return converged_within(
+        max_norm(r),
+        max_norm(y),
+        rtol,
+        atol,
+        step_norm=_secant_step_norm(y, r, y_prev, r_prev),
+        y_norm=max_norm(y),
+        start_norm=r0_norm,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class FixedPointIteration(Solver):
-    """Iterate ``y <- y + damping (T(y) - y)`` until ``|T(y) - y|_inf`` is within tolerance.
+    """Iterate ``y <- y + damping (T(y) - y)`` until ``y`` is known to tolerance.
 
     Converges linearly for a contraction (quadratically for maps like Newton's square
-    root, seed 001). For fixed points only.
+    root, seed 001). For fixed points only. A slowly contracting map has small residuals
+    far from its fixed point (the error is about ``|T(y) - y| / (1 - L)`` for a
+    contraction factor ``L``), so the residual test is joined by a step test on that
+    estimate, with ``1 - L`` from the secant along the last step (see
+    :func:`~mcmc_customgrad.implicit._base.converged_within`); a map with ``L`` near 1
+    then takes more steps, or fails, instead of stopping early.
 
     Parameters
     ----------
     rtol, atol : float, optional
-        Tolerances: converged when ``|T(y) - y|_inf <= atol + rtol |y|_inf``.
+        Tolerances: converged when ``|T(y) - y|_inf <= atol + rtol |y|_inf`` and the
+        estimated distance to the fixed point is below ``atol + rtol |y|_inf`` (or the
+        residual has fallen below ``rtol`` times its value at ``y0``).
     max_steps : int
         Iterations before giving up.
     damping : float
@@ -72,20 +104,24 @@ class FixedPointIteration(Solver):
             return problem.residual(y, params)
 
         r0 = residual(y0)
+        r0_norm = max_norm(r0)
+
+        def done(state):
+            y, r, y_prev, r_prev, _ = state
+            return _done(y, r, y_prev, r_prev, r0_norm, rtol, atol)
 
         def cond(state):
-            y, r, k = state
-            going = ~converged_within(max_norm(r), max_norm(y), rtol, atol)
-            return (k < self.max_steps) & going & jnp.all(jnp.isfinite(r))
+            k, r = state[4], state[1]
+            return (k < self.max_steps) & ~done(state) & jnp.all(jnp.isfinite(r))
 
         def body(state):
-            y, r, k = state
-            y = y + self.damping * r
-            return y, residual(y), k + 1
+            y, r, _, _, k = state
+            y_new = y + self.damping * r
+            return y_new, residual(y_new), y, r, k + 1
 
-        y, r, k = lax.while_loop(cond, body, (y0, r0, 0))
-        ok = converged_within(max_norm(r), max_norm(y), rtol, atol)
-        return SolverResult(y, ok, k, max_norm(r))
+        state = lax.while_loop(cond, body, (y0, r0, y0, r0, 0))
+        y, r, k = state[0], state[1], state[4]
+        return SolverResult(y, done(state), k, max_norm(r))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +134,15 @@ class Anderson(Solver):
     ``memory x memory`` solve). Falls back to a plain damped step if that solve breaks
     down. The default for fixed points above 500 unknowns.
 
+    Converged as :class:`FixedPointIteration` is: a small residual and a small secant
+    estimate of the distance to the fixed point.
+
     Parameters
     ----------
     rtol, atol : float, optional
-        Tolerances: converged when ``|T(y) - y|_inf <= atol + rtol |y|_inf``.
+        Tolerances: converged when ``|T(y) - y|_inf <= atol + rtol |y|_inf`` and the
+        estimated distance to the fixed point is below ``atol + rtol |y|_inf`` (or the
+        residual has fallen below ``rtol`` times its value at ``y0``).
     max_steps : int
         Iterations before giving up.
     memory : int
@@ -147,13 +188,18 @@ class Anderson(Solver):
         ys = jnp.zeros((m, n), y0.dtype).at[0].set(y0)
         rs = jnp.zeros((m, n), y0.dtype).at[0].set(r0)
 
+        r0_norm = max_norm(r0)
+
+        def done(state):
+            ys, _, r, y_prev, r_prev, k = state
+            return _done(ys[k % m], r, y_prev, r_prev, r0_norm, rtol, atol)
+
         def cond(state):
-            ys, _, r, k = state
-            going = ~converged_within(max_norm(r), max_norm(ys[k % m]), rtol, atol)
-            return (k < self.max_steps) & going & jnp.all(jnp.isfinite(r))
+            k, r = state[5], state[2]
+            return (k < self.max_steps) & ~done(state) & jnp.all(jnp.isfinite(r))
 
         def body(state):
-            ys, rs, _r, k = state
+            ys, rs, r, _, _, k = state
             count = jnp.minimum(k + 1, m)
             valid = jnp.arange(m) < count
             gram = rs @ rs.T
@@ -164,13 +210,13 @@ class Anderson(Solver):
             w = jnp.linalg.solve(gram, valid.astype(y0.dtype))
             a = w / jnp.sum(w)
             y_new = a @ (ys + beta * rs)
-            newest = ys[k % m] + beta * rs[k % m]
+            y = ys[k % m]
+            newest = y + beta * r
             y_new = jnp.where(jnp.all(jnp.isfinite(y_new)), y_new, newest)
             r_new = residual(y_new)
             slot = (k + 1) % m
-            return ys.at[slot].set(y_new), rs.at[slot].set(r_new), r_new, k + 1
+            return ys.at[slot].set(y_new), rs.at[slot].set(r_new), r_new, y, r, k + 1
 
-        ys, rs, r, k = lax.while_loop(cond, body, (ys, rs, r0, 0))
-        y = ys[k % m]
-        ok = converged_within(max_norm(r), max_norm(y), rtol, atol)
-        return SolverResult(y, ok, k, max_norm(r))
+        state = lax.while_loop(cond, body, (ys, rs, r0, y0, r0, 0))
+        ys, r, k = state[0], state[2], state[5]
+        return SolverResult(ys[k % m], done(state), k, max_norm(r))

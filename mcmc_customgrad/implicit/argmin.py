@@ -39,11 +39,17 @@ def argmin(fun, y0, *args, solver=None, full_output=False, linear_solver=None, o
     -------
     y : pytree, or (y, SolverInfo) when ``full_output`` is True.
 
+    Warns
+    -----
+    Float32Warning
+        Once per process in float32; see :func:`~mcmc_customgrad.root`.
+
     Notes
     -----
-    Convergence is judged on the gradient, so a start that is already stationary is
-    accepted as it is, even a maximum or a saddle (``(y^2 - 1)^2`` from ``y0 = 0``). Start
-    from a point that is not a stationary point of a non-convex objective.
+    Convergence is judged on the gradient (and on the step the solver would take from
+    there), so a start where the gradient is exactly zero is accepted as it is, even a
+    maximum or a saddle (``(y^2 - 1)^2`` from ``y0 = 0``). Start from a point that is not
+    a stationary point of a non-convex objective.
 
     Examples
     --------

@@ -23,20 +23,73 @@ from ._base import (
 __all__ = ["Custom", "checked_result"]
 
 
-def checked_result(problem: Problem, params, y, claimed, num_steps, rtol, atol):
+def _traceable(fn, *args) -> bool:
+    """Whether JAX can trace ``fn(*args)`` (abstractly: nothing is computed)."""
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), args)
+    try:
+        jax.eval_shape(fn, *shapes)
+    except Exception:  # no forward-mode rule (a host callback, a custom_vjp): no estimate
+        return False
+    return True
+
+
+def _step_estimate(problem: Problem, params, y, residual):
+    """Max-norm of a one-directional Newton step at ``y``, or ``inf`` without one.
+
+    A custom or host solver reports no step, so the step test of
+    :func:`~mcmc_customgrad.implicit._base.converged_within` uses the curvature along the
+    residual ``r`` from one Jacobian-vector product: ``|r|^2 / (r . H r) |r|_inf`` for a
+    minimum (the Cauchy step; ``inf`` unless the curvature is positive),
+    ``|r|_2 / |J r|_2 |r|_inf`` otherwise. Exact when the Jacobian is a multiple of the
+    identity, and it scales with the function as the Newton step does (a residual that
+    is small only because the function is gives a large estimate); for a badly
+    conditioned Jacobian it can be shorter than the Newton step (for a convex minimum
+    the Cauchy step is never longer in the 2-norm). Where JAX cannot take the product
+    (an objective whose gradient runs on the host) it is ``inf``, which leaves the
+    secondary, fallen-residual test.
+    """
+    fn = jax.grad(problem.objective) if problem.kind == "argmin" else problem.residual
+
+    def product(y, params, r):
+        return jax.jvp(lambda v: fn(v, params), (y,), (r,))[1]
+
+    if not _traceable(product, y, params, residual):
+        return jnp.asarray(jnp.inf, y.dtype)
+    jr = product(y, params, residual)
+    rr = jnp.vdot(residual, residual)
+    if problem.kind == "argmin":
+        curvature = jnp.vdot(residual, jr)
+        gain = jnp.where(curvature > 0, curvature / rr, jnp.nan)
+    else:
+        gain = jnp.linalg.norm(jr) / jnp.sqrt(rr)
+    return max_norm(residual) / gain
+
+
+def checked_result(problem: Problem, params, y, y0, claimed, num_steps, rtol, atol):
     """Recompute the optimality residual at ``y`` and decide convergence (rule 6).
 
-    A solver's own claim is necessary but not sufficient: ``y`` must also satisfy the
-    residual test of :func:`~mcmc_customgrad.implicit._base.residual_scale`.
+    A solver's own claim is necessary but not sufficient: ``y`` must also pass the test
+    of :func:`~mcmc_customgrad.implicit._base.converged_within`, with the scale of
+    :func:`~mcmc_customgrad.implicit._base.residual_scale`, the step estimate of
+    :func:`_step_estimate` and the residual at the start ``y0``.
     """
     if problem.kind == "argmin":  # value and gradient in one pass
-        value, grad = jax.value_and_grad(problem.objective)(y, params)
-        residual = max_norm(grad)
+        value, residual = jax.value_and_grad(problem.objective)(y, params)
+        start = jax.grad(problem.objective)(y0, params)
     else:
-        value, residual = None, max_norm(problem.residual(y, params))
+        value, residual = None, problem.residual(y, params)
+        start = problem.residual(y0, params)
     scale = residual_scale(problem.kind, y, value)
-    ok = claimed & converged_within(residual, scale, rtol, atol)
-    return SolverResult(y, ok, num_steps, residual)
+    ok = claimed & converged_within(
+        max_norm(residual),
+        scale,
+        rtol,
+        atol,
+        step_norm=_step_estimate(problem, params, y, residual),
+        y_norm=max_norm(y),
+        start_norm=max_norm(start),
+    )
+    return SolverResult(y, ok, num_steps, max_norm(residual))
 
 
 def _claims(extra):
@@ -68,17 +121,22 @@ class Custom(Solver):
     derivative comes from the optimality condition. A plain callable passed as
     ``solver=`` is wrapped in ``Custom`` with default tolerances.
 
-    The result is trusted only if the optimality residual at ``y`` is within tolerance
-    (``|F(y)|_inf <= atol`` for a root, ``atol + rtol |y|_inf`` for a fixed point,
-    ``atol + rtol |f(y)|`` for a minimum) and ``info`` does not report a failure;
-    otherwise the solve counts as failed.
+    The result is trusted only if ``info`` does not report a failure, the optimality
+    residual at ``y`` is within tolerance (``|F(y)|_inf <= atol`` for a root,
+    ``atol + rtol |y|_inf`` for a fixed point, ``atol + rtol |f(y)|`` for a minimum)
+    and ``y`` is known to tolerance: a Newton step along the residual, from one
+    Jacobian- (Hessian-) vector product at ``y``, is below ``atol + rtol |y|_inf``, or
+    the residual has fallen below ``rtol`` times its value at ``y0`` (see
+    :func:`~mcmc_customgrad.implicit._base.converged_within`); otherwise the solve
+    counts as failed.
 
     Parameters
     ----------
     fn : callable
         The solver.
     rtol, atol : float, optional
-        Tolerances of the residual check; ``None`` means ``1e-10`` in float64.
+        Tolerances of the check; ``None`` means ``1e-10`` in float64 (``1000 eps`` in
+        lower precisions).
 
     Examples
     --------
@@ -138,4 +196,4 @@ class Custom(Solver):
                     f"where y0 has shape {want.shape}."
                 )
         y = ravel_pytree(jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), y_tree, y0_tree))[0]
-        return checked_result(problem, params, y, claimed, steps, rtol, atol)
+        return checked_result(problem, params, y, y0, claimed, steps, rtol, atol)

@@ -7,7 +7,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .root import build_core, finish, jit_core, resolve, safe_linearisation, zero_tangent
+from .root import (
+    build_core,
+    finish,
+    jit_core,
+    resolve,
+    safe_linearisation,
+    warn_float32,
+    zero_tangent,
+)
 
 __all__ = ["min_value"]
 
@@ -79,6 +87,11 @@ def min_value(fun, y0, *args, solver=None, full_output=False, linear_solver=None
     -------
     value : scalar array, or (value, SolverInfo) when ``full_output`` is True.
 
+    Warns
+    -----
+    Float32Warning
+        Once per process in float32; see :func:`~mcmc_customgrad.root`.
+
     Examples
     --------
     Seed 000: the convex conjugate of ``|y|^3/3`` is ``|x|^q/q`` with ``q = 3/2``, and
@@ -98,4 +111,5 @@ def min_value(fun, y0, *args, solver=None, full_output=False, linear_solver=None
     value = _compiled_value(problem, solver, linear_solver, on_failure)
     v, info = value(y0_flat, params)
     finish(where, solver, info, on_failure)
+    warn_float32(where, stacklevel=3)
     return (v, info) if full_output else v

@@ -40,6 +40,11 @@ def fixed_point(
     -------
     y : pytree, or (y, SolverInfo) when ``full_output`` is True.
 
+    Warns
+    -----
+    Float32Warning
+        Once per process in float32; see :func:`~mcmc_customgrad.root`.
+
     Examples
     --------
     Newton's square root as a fixed point (seed 001):

@@ -7,7 +7,9 @@ problem, its residual, Jacobian, gradient and Hessian through :class:`HostProble
 compiled JAX functions of the user's ``fun`` evaluated on the CPU.
 
 The answer is then checked in JAX like any other (the residual at the returned point
-must be within tolerance), so a host solver that stops early is caught.
+must be within tolerance, and the point known to tolerance: see
+:func:`~mcmc_customgrad.implicit.custom.checked_result`), so a host solver that stops
+early is caught, even where the residual is small only because the function is.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class Host(Solver):
         object with ``.x`` (and optionally ``.success``, ``.nit``) such as SciPy's
         ``OptimizeResult``. ``y0`` and ``y`` are flat float vectors.
     rtol, atol : float, optional
-        Tolerances of the residual check in JAX; ``None`` means ``1e-10`` in float64.
+        Tolerances of the check in JAX (:class:`~mcmc_customgrad.solvers.Custom`'s);
+        ``None`` means ``1e-10`` in float64 (``1000 eps`` in lower precisions).
 
     Examples
     --------
@@ -156,7 +159,7 @@ class Host(Solver):
             jax.ShapeDtypeStruct((), jnp.bool_),
         )
         y, steps, success = jax.pure_callback(host, shapes, y0, *leaves, vmap_method="sequential")
-        return checked_result(problem, params, y, success, steps, rtol, atol)
+        return checked_result(problem, params, y, y0, success, steps, rtol, atol)
 
 
 @dataclasses.dataclass(frozen=True)

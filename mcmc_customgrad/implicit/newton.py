@@ -15,6 +15,7 @@ from ._base import (
     converged_within,
     max_norm,
     residual_scale,
+    residual_within,
     validate_positive_int,
     validate_tolerance,
 )
@@ -37,16 +38,25 @@ class Newton(Solver):
     stalls) still gives a well-defined descent step. ``lam`` shrinks after full steps and
     grows after shortened ones. The line search rejects non-finite trial points.
 
-    Converged when the residual is within tolerance (``|F(y)|_inf <= atol`` for a root,
+    Converged (:func:`~mcmc_customgrad.implicit._base.converged_within`) when the
+    residual is within tolerance (``|F(y)|_inf <= atol`` for a root,
     ``|T(y) - y|_inf <= atol + rtol |y|_inf`` for a fixed point,
-    ``|grad|_inf <= atol + rtol |f(y)|`` for a minimum; never relative to the start) or
-    when a full undamped step is below ``atol + rtol |y|_inf`` (``y`` is then known to
-    that accuracy even if rounding keeps the residual above its tolerance).
+    ``|grad|_inf <= atol + rtol |f(y)|`` for a minimum) *and* ``y`` is known to
+    tolerance: the Newton step at ``y`` (undamped wherever the residual passes) is below
+    ``atol + rtol |y|_inf``, or, as a secondary test, the residual has fallen below
+    ``rtol`` times its value at ``y0``. A small residual alone is not enough:
+    ``1e-5 (y - 2)`` from ``y0 = 0`` is within float32's tolerance, but its Newton step
+    is 2. Also converged when a full undamped step taken was below
+    ``atol + rtol |y|_inf`` (``y`` is then known to that accuracy even if rounding keeps
+    the residual above its tolerance). The step at ``y`` is the one the next iteration
+    would take, so the test costs one Jacobian (Hessian), solve and evaluation at the
+    last point, not an iteration.
 
     Parameters
     ----------
     rtol, atol : float, optional
-        Tolerances; ``None`` means ``1e-10`` in float64.
+        Tolerances; ``None`` means ``1e-10`` in float64 (``1000 eps`` in lower
+        precisions).
     max_steps : int
         Newton iterations before giving up (then NaN and ``converged == False``).
 
@@ -131,6 +141,47 @@ def _lam_update(lam, alpha):
     return jnp.clip(jnp.where(alpha == 1.0, 0.25 * lam, 4.0 * lam), 1e-6, 1e6)
 
 
+def _newton_loop(direction, backtrack_at, done, finite, state0, max_steps, rtol, atol):
+    """The Newton iteration shared by minima and roots.
+
+    Each pass computes the step at the current point first (``direction``), then decides
+    convergence there (``done``, which needs that step for the step test) and only then
+    moves: the Jacobian (Hessian) and its solve appear once in the program, and the pass
+    that finds convergence takes no step (its line search is along a zero step: one
+    evaluation). ``state0 = (y, aux)`` with ``aux`` what ``direction``, ``backtrack_at``
+    and ``finite`` need (the value and gradient, or the residual).
+    """
+    y0, aux0 = state0
+
+    def cond(state):
+        _y, aux, _lam, _k, _small, _ok, stop = state
+        return ~stop & finite(aux)
+
+    def body(state):
+        y, aux, lam, k, small, _, _ = state
+        p, slope, light, delta = direction(y, aux, lam)
+        ok = done(y, aux, delta, small)
+        stop = ok | (k >= max_steps)
+        p = jnp.where(stop, 0.0, p)
+        slope = jnp.where(stop, 0.0, slope)
+        alpha, aux_new, accepted = backtrack_at(y, aux, p, slope)
+        accepted = accepted & ~stop
+        y_new = jnp.where(accepted, y + alpha * p, y)
+        aux_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), aux_new, aux)
+        # A full, (nearly) undamped Newton step this small: y is known to tolerance even
+        # if rounding keeps the residual above its tolerance.
+        small = accepted & light & (alpha == 1.0)
+        small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
+        lam = jnp.where(stop, lam, _lam_update(lam, alpha))
+        return y_new, aux_new, lam, jnp.where(stop, k, k + 1), small, ok, stop
+
+    one = jnp.ones((), y0.dtype)
+    false = jnp.array(False)
+    state = (y0, aux0, one, 0, false, false, false)
+    y, aux, _, k, _, ok, _ = lax.while_loop(cond, body, state)
+    return y, aux, k, ok & finite(aux)
+
+
 def _newton_min(problem, y0, params, rtol, atol, max_steps):
     def f(y):
         return problem.objective(y, params)
@@ -140,44 +191,60 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
     n = y0.shape[0]
     eye = jnp.eye(n, dtype=y0.dtype)
 
-    f0, g0 = value_and_grad(y0)
+    def residual_ok(g, fy):
+        return residual_within(max_norm(g), residual_scale("argmin", g, fy), rtol, atol)
 
-    def done(g, fy, step_small):
-        scale = residual_scale("argmin", g, fy)
-        return converged_within(max_norm(g), scale, rtol, atol) | step_small
-
-    def cond(state):
-        _y, fy, g, _lam, k, small = state
-        finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
-        return (k < max_steps) & ~done(g, fy, small) & finite
-
-    def body(state):
-        y, fy, g, lam, k, _ = state
+    def direction(y, aux, lam):
+        # The step from y. Where the residual passes it is undamped: the Newton estimate
+        # of y - y*, which the step test asks to be within tolerance (a small gradient
+        # alone may just be a flat objective).
+        fy, g = aux
         h = _drop_nonfinite_curvature(hessian(y))
-        mu = lam * jnp.linalg.norm(g)
+        mu = jnp.where(residual_ok(g, fy), 0.0, lam * jnp.linalg.norm(g))
         p = -_spd_solve(h + mu * eye, g)
         slope = jnp.vdot(g, p)
-        newton_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
+        finite = jnp.all(jnp.isfinite(p))
+        newton_ok = finite & (slope < 0)
+        delta = jnp.where(finite, max_norm(p), jnp.inf)
         # Indefinite or broken Hessian: a gradient step scaled by the curvature bound
         # (none where the Hessian is not finite, as for |y|^1.5 at 0).
         p_grad = -g / (_finite_norm(h) + mu + jnp.finfo(y.dtype).tiny)
         p = jnp.where(newton_ok, p, p_grad)
         slope = jnp.where(newton_ok, slope, jnp.vdot(g, p_grad))
+        light = newton_ok & (mu <= 1e-3 * jnp.linalg.norm(h))
+        return p, slope, light, delta
+
+    def backtrack_at(y, aux, p, slope):
+        fy, g = aux
         gnorm = jnp.linalg.norm(g)
         alpha, f_new, g_new, accepted = backtrack(
             value_and_grad, y, fy, p, slope, prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm
         )
-        y_new = jnp.where(accepted, y + alpha * p, y)
-        f_new = jnp.where(accepted, f_new, fy)
-        g_new = jnp.where(accepted, g_new, g)
-        small = accepted & newton_ok & (alpha == 1.0) & (mu <= 1e-3 * jnp.linalg.norm(h))
-        small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
-        return y_new, f_new, g_new, _lam_update(lam, alpha), k + 1, small
+        return alpha, (f_new, g_new), accepted
 
-    one = jnp.ones((), y0.dtype)
-    state = (y0, f0, g0, one, 0, jnp.array(False))
-    y, fy, g, _, k, small = lax.while_loop(cond, body, state)
-    ok = done(g, fy, small) & jnp.isfinite(fy)
+    f0, g0 = value_and_grad(y0)
+    g0_norm = max_norm(g0)
+
+    def done(y, aux, delta, step_small):
+        fy, g = aux
+        ok = converged_within(
+            max_norm(g),
+            residual_scale("argmin", g, fy),
+            rtol,
+            atol,
+            step_norm=delta,
+            y_norm=max_norm(y),
+            start_norm=g0_norm,
+        )
+        return ok | step_small
+
+    def finite(aux):
+        fy, g = aux
+        return jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
+
+    y, (_, g), k, ok = _newton_loop(
+        direction, backtrack_at, done, finite, (y0, (f0, g0)), max_steps, rtol, atol
+    )
     return SolverResult(y, ok, k, max_norm(g))
 
 
@@ -194,38 +261,50 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
     eye = jnp.eye(n, dtype=y0.dtype)
     zeros = jnp.zeros(n, y0.dtype)
 
-    r0 = F(y0)
+    def residual_ok(y, r):
+        return residual_within(max_norm(r), residual_scale(problem.kind, y), rtol, atol)
 
-    def done(y, r, step_small):
-        # The undamped-step test covers residuals whose rounding floor is above atol.
-        scale = residual_scale(problem.kind, y)
-        return converged_within(max_norm(r), scale, rtol, atol) | step_small
-
-    def cond(state):
-        y, r, _lam, k, small = state
-        return (k < max_steps) & ~done(y, r, small) & jnp.all(jnp.isfinite(r))
-
-    def body(state):
-        y, r, lam, k, _ = state
+    def direction(y, r, lam):
+        # As for minima: undamped where the residual passes, so that it estimates y - y*.
         j = jnp.where(jnp.isfinite(j := jacobian(y)), j, 0.0)
-        mu = lam * jnp.linalg.norm(r)
+        mu = jnp.where(residual_ok(y, r), 0.0, lam * jnp.linalg.norm(r))
         # Damped least squares [J; sqrt(mu) I] p = [-r; 0] by QR.
         q, rr = jnp.linalg.qr(jnp.concatenate([j, jnp.sqrt(mu) * eye]))
         p = jax.scipy.linalg.solve_triangular(rr, q.T @ jnp.concatenate([-r, zeros]))
         grad_merit = j.T @ r
         slope = jnp.vdot(grad_merit, p)
-        newton_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
+        finite = jnp.all(jnp.isfinite(p))
+        newton_ok = finite & (slope < 0)
+        delta = jnp.where(finite, max_norm(p), jnp.inf)
         p_grad = -grad_merit / (_finite_norm(j) ** 2 + mu + jnp.finfo(y.dtype).tiny)
         p = jnp.where(newton_ok, p, p_grad)
         slope = jnp.where(newton_ok, slope, jnp.vdot(grad_merit, p_grad))
-        alpha, _, r_new, accepted = backtrack(merit, y, 0.5 * jnp.vdot(r, r), p, slope)
-        y_new = jnp.where(accepted, y + alpha * p, y)
-        r_new = jnp.where(accepted, r_new, r)
-        small = accepted & newton_ok & (alpha == 1.0) & (mu <= 1e-3 * jnp.linalg.norm(j))
-        small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
-        return y_new, r_new, _lam_update(lam, alpha), k + 1, small
+        light = newton_ok & (mu <= 1e-3 * jnp.linalg.norm(j))
+        return p, slope, light, delta
 
-    one = jnp.ones((), y0.dtype)
-    y, r, _, k, small = lax.while_loop(cond, body, (y0, r0, one, 0, jnp.array(False)))
-    ok = done(y, r, small) & jnp.all(jnp.isfinite(r))
+    def backtrack_at(y, r, p, slope):
+        alpha, _, r_new, accepted = backtrack(merit, y, 0.5 * jnp.vdot(r, r), p, slope)
+        return alpha, r_new, accepted
+
+    r0 = F(y0)
+    r0_norm = max_norm(r0)
+
+    def done(y, r, delta, step_small):
+        ok = converged_within(
+            max_norm(r),
+            residual_scale(problem.kind, y),
+            rtol,
+            atol,
+            step_norm=delta,
+            y_norm=max_norm(y),
+            start_norm=r0_norm,
+        )
+        return ok | step_small
+
+    def finite(r):
+        return jnp.all(jnp.isfinite(r))
+
+    y, r, k, ok = _newton_loop(
+        direction, backtrack_at, done, finite, (y0, r0), max_steps, rtol, atol
+    )
     return SolverResult(y, ok, k, max_norm(r))

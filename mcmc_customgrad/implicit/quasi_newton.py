@@ -41,18 +41,46 @@ def _curvature_ok(s, yv):
     return sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(yv), sy
 
 
+def _convergence_test(rtol, atol, g0_norm):
+    """``done(y, f(y), g, p, informed)``: the shared test with the quasi-Newton step ``p``.
+
+    ``p = -H g`` estimates ``y - y*`` only once ``H`` has learnt the curvature from at
+    least one accepted ``(s, y)`` pair (``informed``); before that it is ``-g`` up to a
+    guessed scale, and a small gradient must not be mistaken for a small step.
+    """
+
+    def done(y, fy, g, p, informed):
+        delta = jnp.where(informed & jnp.all(jnp.isfinite(p)), max_norm(p), jnp.inf)
+        return converged_within(
+            max_norm(g),
+            residual_scale("argmin", g, fy),
+            rtol,
+            atol,
+            step_norm=delta,
+            y_norm=max_norm(y),
+            start_norm=g0_norm,
+        )
+
+    return done
+
+
 @dataclasses.dataclass(frozen=True)
 class BFGS(Solver):
     """Dense BFGS (inverse-Hessian form) for minima; ``O(n^2)`` per step.
 
     No Hessian is formed, so it suits objectives whose second derivatives are costly;
     for small smooth problems :class:`~mcmc_customgrad.solvers.Newton` usually needs far
-    fewer steps. Converged when ``|grad|_inf <= atol + rtol |f(y)|``.
+    fewer steps. Converged when ``|grad|_inf <= atol + rtol |f(y)|`` and the next
+    quasi-Newton step ``-H grad`` is below ``atol + rtol |y|_inf`` once ``H`` has learnt
+    the curvature from an accepted step (so never at ``y0``), or the gradient has fallen
+    below ``rtol`` times its value at ``y0``
+    (:func:`~mcmc_customgrad.implicit._base.converged_within`).
 
     Parameters
     ----------
     rtol, atol : float, optional
-        Gradient tolerances; ``None`` means ``1e-10`` in float64.
+        Tolerances; ``None`` means ``1e-10`` in float64 (``1000 eps`` in lower
+        precisions).
     max_steps : int
         Iterations before giving up.
 
@@ -85,18 +113,15 @@ class BFGS(Solver):
         n = y0.shape[0]
         eye = jnp.eye(n, dtype=y0.dtype)
         f0, g0 = value_and_grad(y0)
-
-        def done(g, fy):
-            return converged_within(max_norm(g), residual_scale("argmin", g, fy), rtol, atol)
+        done = _convergence_test(rtol, atol, max_norm(g0))
 
         def cond(state):
-            _, fy, g, _, k = state
+            y, fy, g, _, p, informed, k = state
             finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
-            return (k < self.max_steps) & ~done(g, fy) & finite
+            return (k < self.max_steps) & ~done(y, fy, g, p, informed) & finite
 
         def body(state):
-            y, fy, g, hinv, k = state
-            p = -hinv @ g
+            y, fy, g, hinv, p, informed, k = state
             slope = jnp.vdot(g, p)
             descent = jnp.all(jnp.isfinite(p)) & (slope < 0)
             # Not a descent direction: restart from a scaled identity.
@@ -121,11 +146,14 @@ class BFGS(Solver):
                 + (rho**2 * jnp.vdot(yv, hy) + rho) * jnp.outer(s, s)
             )
             hinv = jnp.where(good, hinv_new, hinv)
-            return y_new, f_new, g_new, hinv, k + 1
+            # The next step, computed here so that the convergence test at y_new sees it.
+            p_new = -hinv @ g_new
+            return y_new, f_new, g_new, hinv, p_new, informed | good, k + 1
 
-        state = (y0, f0, g0, _initial_scale(g0) * eye, 0)
-        y, fy, g, _, k = lax.while_loop(cond, body, state)
-        ok = done(g, fy) & jnp.isfinite(fy)
+        hinv0 = _initial_scale(g0) * eye
+        state = (y0, f0, g0, hinv0, -hinv0 @ g0, jnp.array(False), 0)
+        y, fy, g, _, p, informed, k = lax.while_loop(cond, body, state)
+        ok = done(y, fy, g, p, informed) & jnp.isfinite(fy)
         return SolverResult(y, ok, k, max_norm(g))
 
 
@@ -133,14 +161,18 @@ class BFGS(Solver):
 class LBFGS(Solver):
     """Limited-memory BFGS for large minima; ``O(memory * n)`` per step.
 
-    The default for ``argmin``/``min_value``. Converged when
-    ``|grad|_inf <= atol + rtol |f(y)|``; unlike Blackjax's Laplace marginal it
-    never stops silently: running out of ``max_steps`` gives NaN and ``converged=False``.
+    The default for ``argmin``/``min_value`` above 32 unknowns (or without second
+    derivatives). Converged as :class:`BFGS` is: ``|grad|_inf <= atol + rtol |f(y)|``
+    and a next step below ``atol + rtol |y|_inf`` (once a curvature pair is stored), or
+    a gradient fallen below ``rtol`` times its value at ``y0``. Unlike Blackjax's
+    Laplace marginal it never stops silently: running out of ``max_steps`` gives NaN
+    and ``converged=False``.
 
     Parameters
     ----------
     rtol, atol : float, optional
-        Gradient tolerances; ``None`` means ``1e-10`` in float64.
+        Tolerances; ``None`` means ``1e-10`` in float64 (``1000 eps`` in lower
+        precisions).
     max_steps : int
         Iterations before giving up.
     memory : int
@@ -177,9 +209,7 @@ class LBFGS(Solver):
         value_and_grad = jax.value_and_grad(f)
         n = y0.shape[0]
         f0, g0 = value_and_grad(y0)
-
-        def done(g, fy):
-            return converged_within(max_norm(g), residual_scale("argmin", g, fy), rtol, atol)
+        done = _convergence_test(rtol, atol, max_norm(g0))
 
         def direction(g, s_hist, y_hist, rho, count, gamma):
             # Two-loop recursion over the valid pairs. The history is a shift register
@@ -202,13 +232,12 @@ class LBFGS(Solver):
             return -lax.fori_loop(0, m, second, gamma * q)
 
         def cond(state):
-            fy, g, k = state[1], state[2], state[8]
+            y, fy, g, p, informed, k = (state[i] for i in (0, 1, 2, 8, 9, 10))
             finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
-            return (k < self.max_steps) & ~done(g, fy) & finite
+            return (k < self.max_steps) & ~done(y, fy, g, p, informed) & finite
 
         def body(state):
-            y, fy, g, s_hist, y_hist, rho, count, gamma, k = state
-            p = direction(g, s_hist, y_hist, rho, count, gamma)
+            y, fy, g, s_hist, y_hist, rho, count, gamma, p, informed, k = state
             slope = jnp.vdot(g, p)
             descent = jnp.all(jnp.isfinite(p)) & (slope < 0)
             p_restart = -_initial_scale(g) * g
@@ -228,9 +257,13 @@ class LBFGS(Solver):
             s_hist, y_hist, rho = push(s_hist, s), push(y_hist, yv), push(rho, rho_new)
             gamma = jnp.where(good, sy / jnp.vdot(yv, yv), gamma)
             count = jnp.where(good, jnp.minimum(count + 1, m), count)
-            return y_new, f_new, g_new, s_hist, y_hist, rho, count, gamma, k + 1
+            # The next step, computed here so that the convergence test at y_new sees it.
+            p_new = direction(g_new, s_hist, y_hist, rho, count, gamma)
+            informed = informed | good
+            return y_new, f_new, g_new, s_hist, y_hist, rho, count, gamma, p_new, informed, k + 1
 
         zeros = jnp.zeros((m, n), y0.dtype)
+        gamma0 = _initial_scale(g0)
         state = (
             y0,
             f0,
@@ -239,10 +272,12 @@ class LBFGS(Solver):
             zeros,
             jnp.zeros(m, y0.dtype),
             0,
-            _initial_scale(g0),
+            gamma0,
+            -gamma0 * g0,
+            jnp.array(False),
             0,
         )
         final = lax.while_loop(cond, body, state)
-        y, fy, g, k = final[0], final[1], final[2], final[8]
-        ok = done(g, fy) & jnp.isfinite(fy)
+        y, fy, g, p, informed, k = (final[i] for i in (0, 1, 2, 8, 9, 10))
+        ok = done(y, fy, g, p, informed) & jnp.isfinite(fy)
         return SolverResult(y, ok, k, max_norm(g))

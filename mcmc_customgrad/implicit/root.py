@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .._precision import float32_hint
+from .._precision import float32_hint, warn_if_float32
 from ._base import KINDS, Problem, SolverError, SolverInfo
 from .linear import resolve_linear_solver
 from .solvers import resolve_solver
@@ -337,6 +337,17 @@ def finish(where: str, solver, info: SolverInfo, on_failure: str) -> None:
         check(info.converged, info.residual_norm, info.num_steps)
 
 
+def warn_float32(where: str, stacklevel: int) -> None:
+    """:func:`~mcmc_customgrad._precision.warn_if_float32` for a public solve.
+
+    Called after the solve and :func:`finish`, so that a failure raised with
+    ``on_failure="raise"`` (whose message already names float32) comes first. The
+    warning points at the user's call (``stacklevel`` counted from this function: 3 for
+    the caller of its caller).
+    """
+    warn_if_float32(where.replace("mcmc_customgrad.", "mcg."), stacklevel=stacklevel + 1)
+
+
 def check_options(where: str, full_output, on_failure) -> None:
     """Validate the keyword options shared by every public solve."""
     if not isinstance(full_output, bool):
@@ -392,6 +403,7 @@ def implicit_solve(kind, where, fun, y0, args, solver, linear_solver, on_failure
     core = _compiled_core(problem, solver, linear_solver, on_failure)
     y_flat, info = core(y0_flat, params)
     finish(where, solver, info, on_failure)
+    warn_float32(where, stacklevel=4)
     y = problem.unravel(y_flat)
     return (y, info) if full_output else y
 
@@ -435,6 +447,13 @@ def root(
     Returns
     -------
     y : pytree, or (y, SolverInfo) when ``full_output`` is True.
+
+    Warns
+    -----
+    Float32Warning
+        Once per process, when JAX runs in float32 (``jax_enable_x64`` is off): the
+        solve still refuses points it cannot certify, but tolerances are ``1.2e-4``
+        instead of ``1e-10`` (``docs/core.md``, section float32).
 
     Examples
     --------

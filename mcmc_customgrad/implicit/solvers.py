@@ -19,7 +19,11 @@ solver                 problems                        use it for
 =====================  =============================  =====================================
 
 Every solver's answer is accepted only within its tolerance (``1e-10`` in float64 by
-default); otherwise the result is NaN and ``info.converged`` is False.
+default): the residual must be within it *and* ``y`` must be known to it (a small step
+estimate, or a residual fallen by ``rtol`` from the start; see
+:func:`~mcmc_customgrad.implicit._base.converged_within`), so a residual that is small
+only because the function is small is not accepted. Otherwise the result is NaN and
+``info.converged`` is False.
 
 Examples
 --------
