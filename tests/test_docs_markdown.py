@@ -32,8 +32,25 @@ def test_every_page_has_code_that_runs():
 IN_OWN_PROCESS = [p for p in MARKDOWN if ENV.match(p.read_text())]
 
 
+#: Pages whose code runs in the slow tier (`pytest -m slow`, run by .ci/run): long
+#: walk-throughs whose every step the fast tier also tests on its own.
+SLOW_PAGES = {
+    # The Rust bus engine's build, gradient check and sampling: tests/test_rust_bus_engine.py.
+    "rust-bus-engine.md",
+    # Model building (tests/test_model.py), the model library (tests/test_models.py) and
+    # NumPyro models in (tests/test_numpyro.py).
+    "model.md",
+}
+
+
 @pytest.mark.parametrize(
-    "path", [p for p in MARKDOWN if p not in IN_OWN_PROCESS], ids=lambda p: p.name
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p
+        for p in MARKDOWN
+        if p not in IN_OWN_PROCESS
+    ],
+    ids=lambda p: p.name,
 )
 def test_markdown_code_blocks_run(path):
     namespace = {}
