@@ -148,14 +148,24 @@ def _newton_loop(direction, backtrack_at, done, finite, state0, max_steps, rtol,
     convergence there (``done``, which needs that step for the step test) and only then
     moves: the Jacobian (Hessian) and its solve appear once in the program, and the pass
     that finds convergence takes no step (its line search is along a zero step: one
-    evaluation). ``state0 = (y, aux)`` with ``aux`` what ``direction``, ``backtrack_at``
-    and ``finite`` need (the value and gradient, or the residual).
+    evaluation). Before a pass, convergence that needs no step at ``y`` (``settled``:
+    a residual fallen by ``rtol`` from the start, or a small full step just taken) ends
+    the loop at once, which is how most solves end. ``state0 = (y, aux)`` with ``aux``
+    what ``direction``, ``backtrack_at`` and ``finite`` need (the value and gradient, or
+    the residual).
     """
     y0, aux0 = state0
+    no_step = jnp.asarray(jnp.inf, y0.dtype)
+
+    def settled(y, aux, small):
+        # Converged without the step at y: the residual passes and has fallen by rtol from
+        # the start, or the last full undamped step was small. Checked before a pass, so
+        # the usual end of a solve costs no Jacobian (Hessian) at the last point.
+        return done(y, aux, no_step, small)
 
     def cond(state):
-        _y, aux, _lam, _k, _small, _ok, stop = state
-        return ~stop & finite(aux)
+        y, aux, _lam, _k, small, _ok, stop = state
+        return ~stop & finite(aux) & ~settled(y, aux, small)
 
     def body(state):
         y, aux, lam, k, small, _, _ = state
@@ -178,8 +188,8 @@ def _newton_loop(direction, backtrack_at, done, finite, state0, max_steps, rtol,
     one = jnp.ones((), y0.dtype)
     false = jnp.array(False)
     state = (y0, aux0, one, 0, false, false, false)
-    y, aux, _, k, _, ok, _ = lax.while_loop(cond, body, state)
-    return y, aux, k, ok & finite(aux)
+    y, aux, _, k, small, ok, _ = lax.while_loop(cond, body, state)
+    return y, aux, k, (ok | settled(y, aux, small)) & finite(aux)
 
 
 def _newton_min(problem, y0, params, rtol, atol, max_steps):
