@@ -114,7 +114,7 @@ def _probe_points(start):
     return treedef.unflatten([jnp.asarray(s) for s in stacked])
 
 
-def density_fingerprint(logdensity, template, start) -> dict:
+def density_fingerprint(logdensity, template, start, batched_value_and_grad=None) -> dict:
     """The log-density's program, its data, and its values at probe points near ``start``.
 
     Parameters
@@ -125,6 +125,8 @@ def density_fingerprint(logdensity, template, start) -> dict:
         One chain's position layout.
     start : pytree
         One chain's starting position (the probe points are placed around it).
+    batched_value_and_grad : callable, optional
+        A compiled ``vmap(value_and_grad(logdensity))`` to reuse; made here if None.
 
     Returns
     -------
@@ -135,7 +137,9 @@ def density_fingerprint(logdensity, template, start) -> dict:
     """
     out = program_fingerprint(logdensity, template)
     probes = _probe_points(start)
-    lp, grad = jax.jit(jax.vmap(jax.value_and_grad(logdensity)))(probes)
+    if batched_value_and_grad is None:
+        batched_value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(logdensity)))
+    lp, grad = batched_value_and_grad(probes)
     g = np.concatenate(
         [np.asarray(x).reshape(len(PROBE_SCALES), -1) for x in jax.tree.leaves(grad)], axis=1
     )

@@ -667,7 +667,12 @@ def sample(
         with progress.phase("fingerprinting the log-density for the checkpoint"):
             # Probe points around a start that depends on init but not on the seed.
             anchor = jax.tree.map(lambda x: x[0], target.draw(jax.random.key(PROBE_SEED)))
-            density = density_fingerprint(target.logdensity, target.template, anchor)
+            density = density_fingerprint(
+                target.logdensity,
+                target.template,
+                anchor,
+                _value_and_grad_batched(target.logdensity),
+            )
             density["lp_at_starts"] = [float(v) for v in np.asarray(init_lp)]
             meta = {
                 "seed": seed_attr,
