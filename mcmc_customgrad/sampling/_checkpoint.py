@@ -90,13 +90,6 @@ def _output_name(key: str) -> str:
 
 def _density_differences(stored: dict, now: dict) -> list[str]:
     out = []
-    if stored.get("computation") != now.get("computation"):
-        out.append(
-            "the log-density computes something else (its program, the jaxpr, differs: "
-            "another model or code, or another JAX version)"
-        )
-    if stored.get("data") != now.get("data"):
-        out.append("the log-density's data differ (the arrays it closes over)")
     for name, label, at in (
         ("lp_at_starts", "log-density at the starting points", "chain"),
         ("lp", "log-density", "probe point"),
@@ -134,17 +127,18 @@ def _output_differences(stored: dict, now: dict, density_changed: bool) -> list[
             out.append(f"{_output_name(key)} is produced now but was not recorded")
         elif a[key] != b[key]:
             out.append(f"{_output_name(key)} was recorded as {a[key]}, now {b[key]}")
-    if (
-        not out
-        and not density_changed
-        and (
-            stored.get("computation") != now.get("computation")
-            or stored.get("data") != now.get("data")
-        )
-    ):
+    values_a, values_b = stored.get("values", {}), now.get("values", {})
+    for key in sorted(set(values_a) & set(values_b)):
+        if density_changed or a.get(key) != b.get(key):
+            continue  # named above, or a consequence of the density
+        va, vb = values_a[key], values_b[key]
+        if values_match(va, vb):
+            continue
+        bad = [i for i in range(len(va)) if not values_match([va[i]], [vb[i]])]
+        i = bad[0] if bad else 0
         out.append(
-            "the per-draw outputs (generated_quantities, the log-likelihood) compute "
-            "something else than when the checkpoint was written"
+            f"{_output_name(key)} is computed differently (at probe point {i}: stored "
+            f"{_short(va[i])}, now {_short(vb[i])})"
         )
     return out
 
@@ -177,7 +171,9 @@ def differences(stored: dict, now: dict) -> list[str]:
                 a, b = {**a, "lp_at_starts": None}, {**b, "lp_at_starts": None}
             out += _density_differences(a, b)
         elif key == "outputs" and isinstance(a, dict) and isinstance(b, dict):
-            density_changed = stored.get("density") != now.get("density")
+            density_changed = bool(
+                _density_differences(stored.get("density") or {}, now.get("density") or {})
+            )
             out += _output_differences(a, b, density_changed)
         elif key == "init_sha256":
             out.append("the starting points differ (init or its jitter changed)")

@@ -1,105 +1,55 @@
 """What a checkpoint identifies: the log-density itself, and what each draw writes.
 
-A run is recognised by three fingerprints, all JSON, all computed before any work:
+A run is recognised by two fingerprints, both JSON, both computed before any work, both
+made of *values* at fixed probe points, which are the same in every process:
 
 ``density``
-    ``computation``: SHA-256 of the log-density's program, the jaxpr of the flat
-    log-density at the parameter layout (memory addresses removed, so it is the same in
-    every process); ``data``: SHA-256 of every array the program closes over (data,
-    design matrices, constants of inner problems), sub-programs included; ``values``:
-    the log-density and its gradient at fixed probe points around the first start,
-    which also catch what a jaxpr cannot see (data held by a host callback, a SciPy
-    solver's closure). Values are compared with a relative tolerance of ``1e-8``, so a
-    resume on another CPU whose last bits differ is not refused.
+    the log-density and its gradient at four fixed probe points around a start that
+    depends on ``init`` but not on the seed (gradients of more than 16 coordinates as
+    16 fixed projections). Values see everything the log-density depends on: its
+    code, its data, data held by a host callback or a SciPy solver's closure.
 ``outputs``
     the arrays each draw writes (posterior variables with generated quantities, solver
-    statistics, log-likelihood) with their shapes and dtypes, and the fingerprint of the
-    program that computes them (``generated_quantities``, the log-likelihood).
+    statistics, log-likelihood) with their shapes and dtypes, and the values of the
+    posterior variables and the log-likelihood at the probe points, with fixed keys.
+
+Values are compared with a relative tolerance of ``1e-8``, so a resume on another CPU
+whose last bits differ is not refused.
+
+Why not a hash of the jaxpr and of its constants: the jaxpr JAX traces for one function
+depends on the state of JAX's caches (after ``jax.clear_caches()`` the same log-density
+traced with one more constant and a dead ``reshape``), so equal programs would be
+refused after a resume in a process that had done other work.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["program_fingerprint", "density_fingerprint", "outputs_fingerprint", "values_match"]
+__all__ = ["probe_points", "density_fingerprint", "outputs_fingerprint", "values_match"]
 
 #: Probe points: the first start, then steps of these sizes (relative to 1 + |x|)
 #: along fixed random directions.
 PROBE_SCALES = (0.0, 0.01, 0.1, 1.0)
-#: Gradients of more coordinates are stored as projections on this many directions.
-MAX_GRADIENT_ENTRIES = 16
+#: Longer vectors (gradients, outputs) are stored as projections on this many directions.
+MAX_ENTRIES = 16
+#: The keys of generated quantities at the probe points come from this seed.
+PROBE_KEY = 15
 RTOL = 1e-8
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
-
-def _sub_jaxprs(value):
-    if isinstance(value, jax.extend.core.ClosedJaxpr):
-        yield value.jaxpr, value.consts
-    elif isinstance(value, jax.extend.core.Jaxpr):
-        yield value, ()
-    elif isinstance(value, tuple | list):
-        for v in value:
-            yield from _sub_jaxprs(v)
-
-
-def _hash_consts(jaxpr, consts, h, seen) -> None:
-    for c in consts:
-        a = np.asarray(c)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    for eqn in jaxpr.eqns:
-        for param in eqn.params.values():
-            for sub, sub_consts in _sub_jaxprs(param):
-                if id(sub) in seen:
-                    continue
-                seen.add(id(sub))
-                _hash_consts(sub, sub_consts, h, seen)
-
-
-def program_fingerprint(fn, *example_args) -> dict:
-    """SHA-256 of ``fn``'s jaxpr at ``example_args`` and of every array it closes over.
-
-    Parameters
-    ----------
-    fn : callable
-        A JAX-traceable function.
-    *example_args
-        Arrays or ``jax.ShapeDtypeStruct`` pytrees to trace it at.
-
-    Returns
-    -------
-    dict
-        ``{"computation": hex, "data": hex}``.
+def probe_points(start):
+    """Fixed points around ``start`` (a pytree of one chain's position), stacked.
 
     Examples
     --------
     >>> import jax.numpy as jnp
-    >>> from mcmc_customgrad.sampling._identity import program_fingerprint
-    >>> y1, y2 = jnp.array([1.0, 2.0]), jnp.array([1.0, 3.0])
-    >>> a = program_fingerprint(lambda b: jnp.sum((y1 - b) ** 2), jnp.zeros(2))
-    >>> b = program_fingerprint(lambda b: jnp.sum((y2 - b) ** 2), jnp.zeros(2))
-    >>> a["computation"] == b["computation"], a["data"] == b["data"]
-    (True, False)
+    >>> from mcmc_customgrad.sampling._identity import probe_points
+    >>> probe_points(jnp.zeros(3)).shape
+    (4, 3)
     """
-    closed = jax.make_jaxpr(fn)(*example_args)
-    text = _ADDRESS.sub("", str(closed.jaxpr))
-    data = hashlib.sha256()
-    _hash_consts(closed.jaxpr, closed.consts, data, set())
-    return {
-        "computation": hashlib.sha256(text.encode()).hexdigest(),
-        "data": data.hexdigest(),
-    }
-
-
-def _probe_points(start):
-    """Fixed points around ``start`` (a pytree of one chain's position), stacked."""
     leaves, treedef = jax.tree.flatten(start)
     rng = np.random.default_rng(20261203)  # fixed: the probes are part of the format
     probes = []
@@ -114,59 +64,93 @@ def _probe_points(start):
     return treedef.unflatten([jnp.asarray(s) for s in stacked])
 
 
-def density_fingerprint(logdensity, template, start, batched_value_and_grad=None) -> dict:
-    """The log-density's program, its data, and its values at probe points near ``start``.
+def _compact(rows: np.ndarray) -> list:
+    """``(probes, k)`` values -> JSON rows; more than 16 columns as 16 fixed projections."""
+    rows = np.asarray(rows, dtype=float).reshape(len(PROBE_SCALES), -1)
+    if rows.shape[1] > MAX_ENTRIES:
+        directions = np.random.default_rng(3).standard_normal((rows.shape[1], MAX_ENTRIES))
+        rows = rows @ (directions / np.sqrt(rows.shape[1]))
+    return [[float(v) for v in row] for row in rows]
+
+
+def density_fingerprint(logdensity, start, batched_value_and_grad=None) -> dict:
+    """The log-density's values and gradients at fixed probe points near ``start``.
 
     Parameters
     ----------
     logdensity : callable
         ``logdensity(position) -> scalar``.
-    template : pytree of jax.ShapeDtypeStruct
-        One chain's position layout.
     start : pytree
-        One chain's starting position (the probe points are placed around it).
+        One chain's position (the probe points are placed around it).
     batched_value_and_grad : callable, optional
         A compiled ``vmap(value_and_grad(logdensity))`` to reuse; made here if None.
 
     Returns
     -------
     dict
-        JSON-serialisable: ``computation``, ``data``, ``lp`` (one value per probe) and
-        ``gradient`` (per probe, the gradient, or its projections on fixed directions
-        when it has more than 16 coordinates).
+        JSON-serialisable: ``lp`` (one value per probe) and ``gradient`` (per probe, the
+        gradient, or its projections on 16 fixed directions when it is longer).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from mcmc_customgrad.sampling._identity import density_fingerprint, values_match
+    >>> y1, y2 = jnp.array([1.0, 2.0]), jnp.array([1.0, 3.0])
+    >>> a = density_fingerprint(lambda b: -jnp.sum((y1 - b) ** 2), jnp.zeros(2))
+    >>> b = density_fingerprint(lambda b: -jnp.sum((y2 - b) ** 2), jnp.zeros(2))
+    >>> values_match(a["gradient"], b["gradient"])
+    False
     """
-    out = program_fingerprint(logdensity, template)
-    probes = _probe_points(start)
+    probes = probe_points(start)
     if batched_value_and_grad is None:
         batched_value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(logdensity)))
     lp, grad = batched_value_and_grad(probes)
     g = np.concatenate(
         [np.asarray(x).reshape(len(PROBE_SCALES), -1) for x in jax.tree.leaves(grad)], axis=1
     )
-    if g.shape[1] > MAX_GRADIENT_ENTRIES:
-        directions = np.random.default_rng(3).standard_normal((g.shape[1], MAX_GRADIENT_ENTRIES))
-        g = g @ (directions / np.sqrt(g.shape[1]))
-    out["lp"] = [float(v) for v in np.asarray(lp)]
-    out["gradient"] = [[float(v) for v in row] for row in g]
-    return out
+    return {"lp": [float(v) for v in np.asarray(lp)], "gradient": _compact(g)}
 
 
-def outputs_fingerprint(one_draw, position, key) -> dict:
-    """What one draw writes: array names with shapes and dtypes, and its program.
+def outputs_fingerprint(one_draw, template, start, batched=None) -> dict:
+    """What one draw writes: array names, shapes and dtypes, and values at the probes.
 
     Parameters
     ----------
     one_draw : callable
         ``one_draw(position, key) -> {group: {name: array}}``, the per-draw pass.
-    position, key
-        A position and a key (concrete or ``jax.ShapeDtypeStruct``).
+    template : pytree of jax.ShapeDtypeStruct
+        One chain's position layout.
+    start : pytree
+        One chain's position (the probe points are placed around it).
+    batched : callable, optional
+        A compiled ``vmap(one_draw)`` to reuse; made here if None.
+
+    Returns
+    -------
+    dict
+        ``arrays``: ``{"group__name": "dtype[shape]"}``; ``values``: for the posterior
+        variables and the log-likelihood, their values at the probe points with fixed
+        keys (as for :func:`density_fingerprint`). Solver statistics count by their
+        presence only: their values depend on the solver's path, not on what is computed.
     """
-    shapes = jax.eval_shape(one_draw, position, key)
+    shapes = jax.eval_shape(one_draw, template, jax.random.key(0))
     arrays = {}
     for group, values in shapes.items():
         for name, s in values.items() if isinstance(values, dict) else [("", values)]:
             arrays[f"{group}__{name}"] = f"{s.dtype}{list(s.shape)}"
-    return {"arrays": dict(sorted(arrays.items())), **program_fingerprint(one_draw, position, key)}
+    if batched is None:
+        batched = jax.jit(jax.vmap(one_draw))
+    keys = jax.random.split(jax.random.key(PROBE_KEY), len(PROBE_SCALES))
+    out = jax.device_get(batched(probe_points(start), keys))
+    values = {}
+    for group, entries in out.items():
+        if group == "solver":
+            continue
+        for name, v in entries.items() if isinstance(entries, dict) else [("", entries)]:
+            v = np.asarray(v)
+            if jnp.issubdtype(v.dtype, jnp.number) or v.dtype == bool:
+                values[f"{group}__{name}"] = _compact(v.astype(float))
+    return {"arrays": dict(sorted(arrays.items())), "values": dict(sorted(values.items()))}
 
 
 def values_match(stored, now, rtol: float = RTOL) -> bool:

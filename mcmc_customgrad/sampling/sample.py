@@ -513,9 +513,9 @@ def sample(
         finds its own checkpoint there resumes after the last complete chunk and ends
         with the draws an uninterrupted run gives; the warmup is saved too. The
         checkpoint identifies its run: seed, settings, parameter layout, starting
-        points, the log-density itself (its program, the arrays it closes over, and its
-        values and gradients at fixed probe points) and what each draw writes
-        (parameters, generated quantities, solver statistics, log-likelihood). A call
+        points, the log-density itself (its values and gradients at fixed probe points)
+        and what each draw writes (parameters, generated quantities, solver statistics,
+        log-likelihood, and their values at the probe points). A call
         that differs in any of them raises :class:`CheckpointError` naming what differs,
         before anything is written. Only ``num_samples`` (to extend a run),
         ``checkpoint_every``, ``progress_bar`` and ``warn`` may change on resume.
@@ -668,12 +668,10 @@ def sample(
             # Probe points around a start that depends on init but not on the seed.
             anchor = jax.tree.map(lambda x: x[0], target.draw(jax.random.key(PROBE_SEED)))
             density = density_fingerprint(
-                target.logdensity,
-                target.template,
-                anchor,
-                _value_and_grad_batched(target.logdensity),
+                target.logdensity, anchor, _value_and_grad_batched(target.logdensity)
             )
             density["lp_at_starts"] = [float(v) for v in np.asarray(init_lp)]
+            outputs = outputs_fingerprint(one_draw, target.template, anchor, _draw_pass(one_draw))
             meta = {
                 "seed": seed_attr,
                 "num_chains": num_chains,
@@ -682,7 +680,7 @@ def sample(
                 "layout": _describe(target.template),
                 "init_sha256": _sha256(positions),
                 "density": density,
-                "outputs": outputs_fingerprint(one_draw, target.template, jax.random.key(0)),
+                "outputs": outputs,
             }
         store = Checkpoint(checkpoint, meta)
 
