@@ -31,6 +31,20 @@ def _x64():
     assert jax.config.jax_enable_x64
 
 
+@pytest.fixture
+def float32(monkeypatch):
+    """JAX's default float for the duration of one test; the Float32Warning's
+    once-per-process flag starts fresh."""
+    from mcmc_customgrad import _precision
+
+    monkeypatch.setattr(_precision, "_warned", False)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     # Every compiled XLA:CPU program holds memory mappings of its machine code, and Linux

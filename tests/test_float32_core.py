@@ -20,15 +20,10 @@ S = mcg.solvers
 
 
 @pytest.fixture
-def float32(monkeypatch):
-    # JAX's default float for one test; the once-per-process warning is taken as given
+def float32(float32, monkeypatch):
+    # conftest's float32, with the once-per-process warning taken as given
     # (test_float32_warns_once_from_every_entry_point checks it).
     monkeypatch.setattr(_precision, "_warned", True)
-    jax.config.update("jax_enable_x64", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", True)
 
 
 def _tolerance(y):

@@ -1,23 +1,12 @@
 """float32 is named when it is the cause: one warning per process, hints in failures."""
 
-import jax
 import jax.numpy as jnp
 import pytest
 
 import mcmc_customgrad as mcg
 from mcmc_customgrad import _precision
 
-
-@pytest.fixture
-def float32(monkeypatch):
-    # JAX's default float for the duration of one test; the warning's once-per-process
-    # flag starts fresh.
-    monkeypatch.setattr(_precision, "_warned", False)
-    jax.config.update("jax_enable_x64", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", True)
+# The float32 fixture (conftest.py) runs a test in float32 with a fresh warning flag.
 
 
 def _model():

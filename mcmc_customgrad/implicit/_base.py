@@ -96,13 +96,15 @@ def step_within(step_norm, y_norm, rtol, atol):
     return step_norm <= atol + rtol * y_norm
 
 
-def converged_within(residual_norm, scale, rtol, atol, *, step_norm, y_norm, start_norm):
+def converged_within(kind, residual, y, rtol, atol, *, step_norm, start_norm, value=None):
     """Convergence test shared by every solver: a small residual *and* a known ``y``.
 
-    Converged when
+    ``residual`` is the optimality residual at ``y`` (``F(y)``, ``T(y) - y`` or the
+    gradient, by ``kind``) and ``value`` the objective there (minima only). Converged
+    when
 
-    1. the residual test passes: ``|F(y)|_inf <= atol + rtol * scale`` (``scale`` from
-       :func:`residual_scale` at the current point), **and**
+    1. the residual test passes: ``|F(y)|_inf <= atol + rtol * scale`` (``scale`` is
+       :func:`residual_scale` at ``y``), **and**
     2. either the step test passes, ``|delta|_inf <= atol + rtol * |y|_inf``, where
        ``delta`` (``step_norm`` is its max-norm) is the solver's own estimate of
        ``y - y*`` at the current point (the undamped Newton step, the quasi-Newton step,
@@ -126,8 +128,9 @@ def converged_within(residual_norm, scale, rtol, atol, *, step_norm, y_norm, sta
     wrong answer whenever the start is far off (``exp(y) - 1`` from ``y0 = 30`` has
     ``|F(y0)| = 1e13``).
     """
-    residual_ok = residual_within(residual_norm, scale, rtol, atol)
-    known = step_within(step_norm, y_norm, rtol, atol)
+    residual_norm = max_norm(residual)
+    residual_ok = residual_within(residual_norm, residual_scale(kind, y, value), rtol, atol)
+    known = step_within(step_norm, max_norm(y), rtol, atol)
     fallen = residual_norm <= rtol * start_norm
     return residual_ok & (known | fallen)
 

@@ -42,15 +42,8 @@ def _secant_step_norm(y, r, y_prev, r_prev):
 
 
 def _done(y, r, y_prev, r_prev, r0_norm, rtol, atol):
-    return converged_within(
-        max_norm(r),
-        max_norm(y),
-        rtol,
-        atol,
-        step_norm=_secant_step_norm(y, r, y_prev, r_prev),
-        y_norm=max_norm(y),
-        start_norm=r0_norm,
-    )
+    step = _secant_step_norm(y, r, y_prev, r_prev)
+    return converged_within("fixed_point", r, y, rtol, atol, step_norm=step, start_norm=r0_norm)
 
 
 @dataclasses.dataclass(frozen=True)

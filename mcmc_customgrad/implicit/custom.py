@@ -16,7 +16,6 @@ from ._base import (
     SolverResult,
     converged_within,
     max_norm,
-    residual_scale,
     validate_tolerance,
 )
 
@@ -79,15 +78,15 @@ def checked_result(problem: Problem, params, y, y0, claimed, num_steps, rtol, at
     else:
         value, residual = None, problem.residual(y, params)
         start = problem.residual(y0, params)
-    scale = residual_scale(problem.kind, y, value)
     ok = claimed & converged_within(
-        max_norm(residual),
-        scale,
+        problem.kind,
+        residual,
+        y,
         rtol,
         atol,
         step_norm=_step_estimate(problem, params, y, residual),
-        y_norm=max_norm(y),
         start_norm=max_norm(start),
+        value=value,
     )
     return SolverResult(y, ok, num_steps, max_norm(residual))
 

@@ -238,13 +238,7 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
     def done(y, aux, delta, step_small):
         fy, g = aux
         ok = converged_within(
-            max_norm(g),
-            residual_scale("argmin", g, fy),
-            rtol,
-            atol,
-            step_norm=delta,
-            y_norm=max_norm(y),
-            start_norm=g0_norm,
+            "argmin", g, y, rtol, atol, step_norm=delta, start_norm=g0_norm, value=fy
         )
         return ok | step_small
 
@@ -300,15 +294,7 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
     r0_norm = max_norm(r0)
 
     def done(y, r, delta, step_small):
-        ok = converged_within(
-            max_norm(r),
-            residual_scale(problem.kind, y),
-            rtol,
-            atol,
-            step_norm=delta,
-            y_norm=max_norm(y),
-            start_norm=r0_norm,
-        )
+        ok = converged_within(problem.kind, r, y, rtol, atol, step_norm=delta, start_norm=r0_norm)
         return ok | step_small
 
     def finite(r):

@@ -14,7 +14,6 @@ from ._base import (
     SolverResult,
     converged_within,
     max_norm,
-    residual_scale,
     validate_positive_int,
     validate_tolerance,
 )
@@ -52,13 +51,7 @@ def _convergence_test(rtol, atol, g0_norm):
     def done(y, fy, g, p, informed):
         delta = jnp.where(informed & jnp.all(jnp.isfinite(p)), max_norm(p), jnp.inf)
         return converged_within(
-            max_norm(g),
-            residual_scale("argmin", g, fy),
-            rtol,
-            atol,
-            step_norm=delta,
-            y_norm=max_norm(y),
-            start_norm=g0_norm,
+            "argmin", g, y, rtol, atol, step_norm=delta, start_norm=g0_norm, value=fy
         )
 
     return done

@@ -111,19 +111,17 @@ def density_fingerprint(logdensity, start, batched_value_and_grad=None) -> dict:
     return {"lp": [float(v) for v in np.asarray(lp)], "gradient": _compact(g)}
 
 
-def outputs_fingerprint(one_draw, template, start, batched=None) -> dict:
+def outputs_fingerprint(shapes, batched_draw, start) -> dict:
     """What one draw writes: array names, shapes and dtypes, and values at the probes.
 
     Parameters
     ----------
-    one_draw : callable
-        ``one_draw(position, key) -> {group: {name: array}}``, the per-draw pass.
-    template : pytree of jax.ShapeDtypeStruct
-        One chain's position layout.
+    shapes : dict
+        ``jax.eval_shape`` of the per-draw pass: ``{group: {name: ShapeDtypeStruct}}``.
+    batched_draw : callable
+        The compiled per-draw pass over a batch, ``(positions, keys) -> {group: ...}``.
     start : pytree
         One chain's position (the probe points are placed around it).
-    batched : callable, optional
-        A compiled ``vmap(one_draw)`` to reuse; made here if None.
 
     Returns
     -------
@@ -133,15 +131,12 @@ def outputs_fingerprint(one_draw, template, start, batched=None) -> dict:
         keys (as for :func:`density_fingerprint`). Solver statistics count by their
         presence only: their values depend on the solver's path, not on what is computed.
     """
-    shapes = jax.eval_shape(one_draw, template, jax.random.key(0))
     arrays = {}
     for group, values in shapes.items():
         for name, s in values.items() if isinstance(values, dict) else [("", values)]:
             arrays[f"{group}__{name}"] = f"{s.dtype}{list(s.shape)}"
-    if batched is None:
-        batched = jax.jit(jax.vmap(one_draw))
     keys = jax.random.split(jax.random.key(PROBE_KEY), len(PROBE_SCALES))
-    out = jax.device_get(batched(probe_points(start), keys))
+    out = jax.device_get(batched_draw(probe_points(start), keys))
     values = {}
     for group, entries in out.items():
         if group == "solver":

@@ -265,8 +265,11 @@ def _number(value) -> str:
     return "NaN" if np.isnan(value) else repr(value)
 
 
-def _solver_note(logdensity, position) -> str:
-    """Why the log-density is not finite at ``position``, when an inner solve says so."""
+def _solver_note(logdensity, position, advice: bool = True) -> str:
+    """Why the log-density is not finite at ``position``, when an inner solve says so.
+
+    With ``advice``, what to change follows.
+    """
     try:
         _, stats = with_solver_stats(logdensity)(position)
         solves, converged = int(stats.num_solves), bool(stats.converged)
@@ -275,12 +278,17 @@ def _solver_note(logdensity, position) -> str:
         return ""
     if solves == 0 or converged:
         return ""
-    return (
+    note = (
         f"An inner solve did not converge there ({solves} solve{'s' * (solves > 1)}, "
         f"{steps} steps in all, largest residual {_number(residual)}), so the log-density "
-        "is NaN (on_failure='nan'). Give the solver a start y0 nearer the solution (a "
-        "function of the parameters), a larger max_steps or another solver, or give init "
-        "a point where the inner problem has a solution."
+        "is NaN (on_failure='nan')."
+    )
+    if not advice:
+        return note
+    return note + (
+        " Give the solver a start y0 nearer the solution (a function of the parameters), "
+        "a larger max_steps or another solver, or give init a point where the inner "
+        "problem has a solution."
     )
 
 
@@ -314,12 +322,12 @@ def _initial_positions(target: _Target, key, warn: bool = True):
             if warn and target._base is not None and not first_ok.all():
                 moved = [int(c) for c in np.flatnonzero(~first_ok)]
                 reason, one = _why_not_finite(target, first, first_values, moved[0])
-                note = _solver_note(target.logdensity, one)
+                note = _solver_note(target.logdensity, one, advice=False)
                 warnings.warn(
                     f"sample: the given init is not a valid start for chain"
                     f"{'s' * (len(moved) > 1)} {', '.join(map(str, moved))}: at chain "
                     f"{moved[0]}'s start {reason}. "
-                    + (note.split(". Give")[0] + ". " if note else "")
+                    + (note + " " if note else "")
                     + f"{'They start' if len(moved) > 1 else 'It starts'} from the init "
                     f"jittered by U(-1, 1) instead ({tries - 1} "
                     f"{'retry' if tries == 2 else 'retries'}). Give init a point where the "
@@ -387,13 +395,15 @@ def _draw_pass(one):
     return jax.jit(jax.vmap(one))
 
 
-def _check_draw_outputs(one, target, generated) -> None:
+def _check_draw_outputs(one, target, generated):
     """Trace the per-draw pass on the parameters' shapes, before anything is compiled.
+
+    Returns the shapes of what one draw writes.
 
     A broken ``generated_quantities`` fails here rather than after the sampling.
     """
     try:
-        jax.eval_shape(one, target.template, jax.random.key(0))
+        return jax.eval_shape(one, target.template, jax.random.key(0))
     except Exception as err:
         if generated is None or str(err).startswith("sample: generated_quantities"):
             raise
@@ -642,7 +652,7 @@ def sample(
         generated_quantities,
         model,
     )
-    _check_draw_outputs(one_draw, target, generated_quantities)
+    draw_shapes = _check_draw_outputs(one_draw, target, generated_quantities)
     chains = ChainMap(chain_method, num_chains)
     if chain_method == "parallel" and chains.num_devices == 1 and num_chains > 1:
         warnings.warn(
@@ -671,7 +681,7 @@ def sample(
                 target.logdensity, anchor, _value_and_grad_batched(target.logdensity)
             )
             density["lp_at_starts"] = [float(v) for v in np.asarray(init_lp)]
-            outputs = outputs_fingerprint(one_draw, target.template, anchor, _draw_pass(one_draw))
+            outputs = outputs_fingerprint(draw_shapes, _draw_pass(one_draw), anchor)
             meta = {
                 "seed": seed_attr,
                 "num_chains": num_chains,
