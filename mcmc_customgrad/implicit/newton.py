@@ -1,4 +1,4 @@
-"""Damped Newton for small dense problems (roots, fixed points and minima)."""
+"""Damped Newton for roots, fixed points and minima: dense, sparse or matrix-free steps."""
 
 from __future__ import annotations
 
@@ -20,23 +20,35 @@ from ._base import (
     validate_tolerance,
 )
 from ._linesearch import backtrack
+from .linear import Dense, LinearSolver, Operator
 
 __all__ = ["Newton"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Newton(Solver):
-    """Levenberg-Marquardt-damped Newton with an Armijo line search.
+    """Newton with an Armijo line search and Levenberg-Marquardt damping when needed.
 
     For a minimum the step solves ``(H + mu I) p = -g`` (Cholesky; elimination for
-    up to 12 unknowns) with
-    ``mu = lam |g|``; for a root (and a fixed point, as the root of ``T(y) - y``) it is
-    the least-squares solution of ``[J; sqrt(mu) I] p = [-F; 0]`` (QR, so the condition
-    number is not squared) with ``mu = lam |F|``. The damping vanishes with the residual,
-    so convergence is quadratic near a regular solution, while a singular Hessian or
-    Jacobian (the seed-000 start ``y0 = 0`` of ``|y|^3/3 - x y``, where plain Newton
-    stalls) still gives a well-defined descent step. ``lam`` shrinks after full steps and
-    grows after shortened ones. The line search rejects non-finite trial points.
+    up to 12 unknowns) with ``mu = lam |g|``, vanishing once the gradient passes its
+    test. For a root (and a fixed point, as the root of ``T(y) - y``) the step is the
+    plain Newton step ``J p = -F`` (one LU factorisation), and the Levenberg-Marquardt
+    step ``(J'J + mu I) p = -J'F`` with ``mu = lam |F|`` replaces it when the Newton step
+    is not finite or not a descent direction for ``|F|^2``, or when the last step had to
+    be shortened (a poor Newton model). So convergence is quadratic near a regular
+    solution, while a singular Hessian or Jacobian (the seed-000 start ``y0 = 0`` of
+    ``|y|^3/3 - x y``, where plain Newton stalls) still gives a well-defined descent
+    step. ``lam`` shrinks after full steps and grows after shortened ones. The line
+    search rejects non-finite trial points.
+
+    With ``linear_solver`` (any :mod:`mcmc_customgrad.linear` solver but ``Dense``) the
+    steps are solved by it instead, with the operator given as JVPs (Hessian-vector
+    products for a minimum), so nothing of size ``n x n`` is formed: ``Sparse``
+    assembles and factorises the sparse Jacobian at each iterate, ``GMRES``/``CG`` run
+    an inexact Newton-Krylov iteration whose tolerance follows Eisenstat and Walker's
+    forcing terms (``eta_k = 0.9 (|F_k| / |F_{k-1}|)^2``, safeguarded, at most 0.9), and
+    a minimum's damping becomes a shift ``H + mu I``. Where such a step is not a descent
+    direction the step is a Cauchy (steepest-descent) step instead.
 
     Converged (:func:`~mcmc_customgrad.implicit._base.converged_within`) when the
     residual is within tolerance (``|F(y)|_inf <= atol`` for a root,
@@ -59,6 +71,9 @@ class Newton(Solver):
         precisions).
     max_steps : int
         Newton iterations before giving up (then NaN and ``converged == False``).
+    linear_solver : LinearSolver, optional
+        Solves each step; ``None`` (default) or ``Dense()`` is the built-in dense path
+        above (for up to ``mcg.linear.DENSE_LIMIT`` unknowns when chosen by default).
 
     Examples
     --------
@@ -74,15 +89,31 @@ class Newton(Solver):
     rtol: float | None = None
     atol: float | None = None
     max_steps: int = 100
+    linear_solver: LinearSolver | None = None
 
     def __post_init__(self):
         validate_tolerance(self.rtol, "rtol", "Newton")
         validate_tolerance(self.atol, "atol", "Newton")
         validate_positive_int(self.max_steps, "max_steps", "Newton")
+        ls = self.linear_solver
+        if ls is not None and (isinstance(ls, type) or not isinstance(ls, LinearSolver)):
+            raise TypeError(
+                "Newton: linear_solver must be None or an mcmc_customgrad.linear solver "
+                f"instance (Sparse(), GMRES(), CG(), Diagonal(), Dense()), got {ls!r}."
+            )
+
+    @property
+    def dense_steps(self) -> bool:
+        """True when the steps use the built-in dense factorisations."""
+        return self.linear_solver is None or isinstance(self.linear_solver, Dense)
 
     def run(self, problem: Problem, y0, params) -> SolverResult:
         """Solve ``problem`` from ``y0``."""
         rtol, atol = self.tolerances(problem.dtype)
+        if not self.dense_steps:
+            self.linear_solver.check(problem.symmetric)
+            run = _newton_min_operator if problem.kind == "argmin" else _newton_root_operator
+            return run(problem, y0, params, rtol, atol, self.max_steps, self.linear_solver)
         if problem.kind == "argmin":
             return _newton_min(problem, y0, params, rtol, atol, self.max_steps)
         return _newton_root(problem, y0, params, rtol, atol, self.max_steps)
@@ -263,27 +294,35 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
     jacobian = jax.jacfwd(F)
     n = y0.shape[0]
     eye = jnp.eye(n, dtype=y0.dtype)
-    zeros = jnp.zeros(n, y0.dtype)
 
     def residual_ok(y, r):
         return residual_within(max_norm(r), residual_scale(problem.kind, y), rtol, atol)
 
     def direction(y, r, lam):
-        # As for minima: undamped where the residual passes, so that it estimates y - y*.
+        # The Newton step by LU; it is also the estimate of y - y* for the step test.
         j = jnp.where(jnp.isfinite(j := jacobian(y)), j, 0.0)
-        mu = jnp.where(residual_ok(y, r), 0.0, lam * jnp.linalg.norm(r))
-        # Damped least squares [J; sqrt(mu) I] p = [-r; 0] by QR.
-        q, rr = jnp.linalg.qr(jnp.concatenate([j, jnp.sqrt(mu) * eye]))
-        p = jax.scipy.linalg.solve_triangular(rr, q.T @ jnp.concatenate([-r, zeros]))
         grad_merit = j.T @ r
+        p_newton = -jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(j), r)
+        newton_finite = jnp.all(jnp.isfinite(p_newton))
+        newton_ok = newton_finite & (jnp.vdot(grad_merit, p_newton) < 0)
+        # Levenberg-Marquardt where the Newton step is unusable or the last step was cut
+        # short, by the normal equations (J'J + mu I) p = -J'F: the step is a search
+        # direction only, and mu > 0 bounds the squared condition number.
+        damp = ~residual_ok(y, r) & (~newton_ok | (lam > 1.0))
+        mu = lam * jnp.linalg.norm(r)
+
+        def levenberg_marquardt(_):
+            a = j.T @ j + mu * eye
+            return -jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(a), True), grad_merit)
+
+        p = lax.cond(damp, levenberg_marquardt, lambda _: p_newton, None)
         slope = jnp.vdot(grad_merit, p)
-        finite = jnp.all(jnp.isfinite(p))
-        newton_ok = finite & (slope < 0)
-        delta = jnp.where(finite, max_norm(p), jnp.inf)
+        step_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
+        delta = jnp.where(newton_finite, max_norm(p_newton), jnp.inf)
         p_grad = -grad_merit / (_finite_norm(j) ** 2 + mu + jnp.finfo(y.dtype).tiny)
-        p = jnp.where(newton_ok, p, p_grad)
-        slope = jnp.where(newton_ok, slope, jnp.vdot(grad_merit, p_grad))
-        light = newton_ok & (mu <= 1e-3 * jnp.linalg.norm(j))
+        p = jnp.where(step_ok, p, p_grad)
+        slope = jnp.where(step_ok, slope, jnp.vdot(grad_merit, p_grad))
+        light = step_ok & ~damp
         return p, slope, light, delta
 
     def backtrack_at(y, r, p, slope):
@@ -304,3 +343,156 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
         direction, backtrack_at, done, finite, (y0, r0), max_steps, rtol, atol
     )
     return SolverResult(y, ok, k, max_norm(r))
+
+
+# ------------------------------------------------------------------ operator (pluggable) path
+
+#: Eisenstat-Walker forcing (their choice 2): ``eta_k = GAMMA (|F_k| / |F_{k-1}|)^ALPHA``,
+#: safeguarded by ``GAMMA eta_{k-1}^ALPHA`` when that exceeds 0.1, at most ``ETA_MAX``.
+EW_GAMMA, EW_ALPHA, ETA_MAX, ETA_0 = 0.9, 2.0, 0.9, 0.5
+
+
+def _forcing(eta, norm_new, norm_old):
+    ratio = norm_new / jnp.where(norm_old > 0, norm_old, 1.0)
+    eta_new = EW_GAMMA * ratio**EW_ALPHA
+    safeguard = EW_GAMMA * eta**EW_ALPHA
+    eta_new = jnp.where(safeguard > 0.1, jnp.maximum(eta_new, safeguard), eta_new)
+    return jnp.clip(eta_new, 0.0, ETA_MAX)
+
+
+def _cauchy_step(g, curvature):
+    """The steepest-descent step ``-t g`` minimising the quadratic model (unit length if none)."""
+    gg = jnp.vdot(g, g)
+    t = jnp.where(curvature > 0, gg / jnp.where(curvature > 0, curvature, 1.0), 0.0)
+    unit = 1.0 / jnp.maximum(jnp.sqrt(gg), jnp.finfo(g.dtype).tiny)
+    return -jnp.where(t > 0, t, unit) * g
+
+
+def _newton_root_operator(problem, y0, params, rtol, atol, max_steps, linear_solver):
+    n, dtype = problem.n, problem.dtype
+
+    def F(y):
+        return problem.residual(y, params)
+
+    def merit(y):
+        r = F(y)
+        return 0.5 * jnp.vdot(r, r), r
+
+    def operator(y):
+        def matvec(v):
+            return jax.jvp(F, (y,), (v,))[1]
+
+        return Operator(matvec, n, dtype, False, problem, y, params)
+
+    def residual_ok(y, r):
+        return residual_within(max_norm(r), residual_scale(problem.kind, y), rtol, atol)
+
+    def direction(y, aux, lam):
+        r, eta = aux
+        op = operator(y)
+        forcing = jnp.where(residual_ok(y, r), 0.0, eta)
+        p_newton = linear_solver.step(op, -r, forcing=forcing)
+        newton_finite = jnp.all(jnp.isfinite(p_newton))
+        slope_newton = jnp.vdot(r, op.matvec(jnp.where(newton_finite, p_newton, 0.0)))
+        newton_ok = newton_finite & (slope_newton < 0)
+
+        def cauchy(_):
+            # The Cauchy step of 0.5 |F|^2 along -J'F (one VJP and one JVP), computed only
+            # where the Newton step is unusable (both branches run under vmap).
+            grad_merit = jax.vjp(F, y)[1](r)[0]
+            p_grad = _cauchy_step(grad_merit, jnp.sum(op.matvec(grad_merit) ** 2))
+            return p_grad, jnp.vdot(grad_merit, p_grad)
+
+        p, slope = lax.cond(newton_ok, lambda _: (p_newton, slope_newton), cauchy, None)
+        delta = jnp.where(newton_finite, max_norm(p_newton), jnp.inf)
+        return p, slope, newton_ok, delta
+
+    def backtrack_at(y, aux, p, slope):
+        r, eta = aux
+        alpha, _, r_new, accepted = backtrack(merit, y, 0.5 * jnp.vdot(r, r), p, slope)
+        eta_new = _forcing(eta, jnp.linalg.norm(r_new), jnp.linalg.norm(r))
+        return alpha, (r_new, eta_new), accepted
+
+    r0 = F(y0)
+    r0_norm = max_norm(r0)
+
+    def done(y, aux, delta, step_small):
+        r, _ = aux
+        ok = converged_within(problem.kind, r, y, rtol, atol, step_norm=delta, start_norm=r0_norm)
+        return ok | step_small
+
+    def finite(aux):
+        return jnp.all(jnp.isfinite(aux[0]))
+
+    eta0 = jnp.asarray(ETA_0, dtype)
+    y, (r, _), k, ok = _newton_loop(
+        direction, backtrack_at, done, finite, (y0, (r0, eta0)), max_steps, rtol, atol
+    )
+    return SolverResult(y, ok, k, max_norm(r))
+
+
+def _newton_min_operator(problem, y0, params, rtol, atol, max_steps, linear_solver):
+    n, dtype = problem.n, problem.dtype
+
+    def f(y):
+        return problem.objective(y, params)
+
+    value_and_grad = jax.value_and_grad(f)
+    grad = jax.grad(f)
+
+    def operator(y):
+        def matvec(v):
+            return jax.jvp(grad, (y,), (v,))[1]
+
+        return Operator(matvec, n, dtype, True, problem, y, params)
+
+    def residual_ok(g, fy):
+        return residual_within(max_norm(g), residual_scale("argmin", g, fy), rtol, atol)
+
+    def direction(y, aux, lam):
+        fy, g, eta = aux
+        op = operator(y)
+        passes = residual_ok(g, fy)
+        mu = jnp.where(passes, 0.0, lam * jnp.linalg.norm(g))
+        forcing = jnp.where(passes, 0.0, eta)
+        p_newton = -linear_solver.step(op, g, shift=mu, forcing=forcing)
+        newton_finite = jnp.all(jnp.isfinite(p_newton))
+        slope_newton = jnp.vdot(g, p_newton)
+        newton_ok = newton_finite & (slope_newton < 0)
+
+        def cauchy(_):
+            p_grad = _cauchy_step(g, jnp.vdot(g, op.matvec(g)))
+            return p_grad, jnp.vdot(g, p_grad)
+
+        p, slope = lax.cond(newton_ok, lambda _: (p_newton, slope_newton), cauchy, None)
+        delta = jnp.where(newton_finite, max_norm(p_newton), jnp.inf)
+        return p, slope, newton_ok & passes, delta
+
+    def backtrack_at(y, aux, p, slope):
+        fy, g, eta = aux
+        gnorm = jnp.linalg.norm(g)
+        alpha, f_new, g_new, accepted = backtrack(
+            value_and_grad, y, fy, p, slope, prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm
+        )
+        eta_new = _forcing(eta, jnp.linalg.norm(g_new), gnorm)
+        return alpha, (f_new, g_new, eta_new), accepted
+
+    f0, g0 = value_and_grad(y0)
+    g0_norm = max_norm(g0)
+
+    def done(y, aux, delta, step_small):
+        fy, g, _ = aux
+        ok = converged_within(
+            "argmin", g, y, rtol, atol, step_norm=delta, start_norm=g0_norm, value=fy
+        )
+        return ok | step_small
+
+    def finite(aux):
+        fy, g, _ = aux
+        return jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
+
+    eta0 = jnp.asarray(ETA_0, dtype)
+    y, (_, g, _), k, ok = _newton_loop(
+        direction, backtrack_at, done, finite, (y0, (f0, g0, eta0)), max_steps, rtol, atol
+    )
+    return SolverResult(y, ok, k, max_norm(g))

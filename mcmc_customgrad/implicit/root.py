@@ -18,6 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from .._precision import float32_hint, warn_if_float32
 from ._base import KINDS, Problem, SolverError, SolverInfo
+from ._sparsity import detect_structure
 from .linear import resolve_linear_solver
 from .solvers import resolve_solver
 
@@ -300,7 +301,12 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
         def matvec(v):
             return jnp.where(ok, jvp_y(v), v)
 
-        y_dot = linear_solver(matvec, jnp.where(ok, -rhs, 0.0), symmetric=problem.symmetric)
+        y_dot = linear_solver(
+            matvec,
+            jnp.where(ok, -rhs, 0.0),
+            symmetric=problem.symmetric,
+            at=(problem, y_lin, params),
+        )
         y_dot = jnp.where(ok, y_dot, 0.0)
         return (y, info), (y_dot, jax.tree.map(zero_tangent, info))
 
@@ -388,10 +394,28 @@ def resolve(kind, where, fun, y0, args, solver, linear_solver, full_output, on_f
     """Validate everything and return ``(problem, solver, linear_solver, y0_flat, params)``."""
     check_options(where, full_output, on_failure)
     problem, y0_flat, params = prepare(kind, where, fun, y0, args)
-    solver = resolve_solver(
-        solver, kind, problem.n, where, lambda: _twice_differentiable(problem, y0_flat, params)
+    explicit = linear_solver
+    linear_solver, why = resolve_linear_solver(
+        linear_solver,
+        problem.n,
+        problem.symmetric,
+        where,
+        detect=lambda: detect_structure(problem, y0_flat, params),
     )
-    linear_solver = resolve_linear_solver(linear_solver, problem.n, problem.symmetric, where)
+    for candidate in (solver, getattr(solver, "linear_solver", None)):
+        if candidate is not None and hasattr(candidate, "check_problem"):
+            candidate.check_problem(problem.n, problem.dtype, where)
+    linear_solver.check_problem(problem.n, problem.dtype, where)
+    solver = resolve_solver(
+        solver,
+        kind,
+        problem.n,
+        where,
+        lambda: _twice_differentiable(problem, y0_flat, params),
+        linear_solver=linear_solver,
+        explicit_linear_solver=explicit is not None,
+        why=why,
+    )
     return problem, solver, linear_solver, y0_flat, params
 
 

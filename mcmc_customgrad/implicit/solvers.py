@@ -29,14 +29,16 @@ Examples
 --------
 >>> import mcmc_customgrad as mcg
 >>> mcg.solvers.Newton(max_steps=50)
-Newton(rtol=None, atol=None, max_steps=50)
+Newton(rtol=None, atol=None, max_steps=50, linear_solver=None)
 >>> mcg.solvers.default_solver("argmin", n=10)
-Newton(rtol=None, atol=None, max_steps=100)
+Newton(rtol=None, atol=None, max_steps=100, linear_solver=None)
 >>> mcg.solvers.default_solver("argmin", n=100)
 LBFGS(rtol=None, atol=None, max_steps=2000, memory=10)
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from ._base import Solver, SolverInfo
 from .anderson import Anderson, FixedPointIteration
@@ -91,7 +93,7 @@ def default_solver(kind: str, n: int, *, second_order: bool = True) -> Solver:
     --------
     >>> import mcmc_customgrad as mcg
     >>> mcg.solvers.default_solver("root", n=3)
-    Newton(rtol=None, atol=None, max_steps=100)
+    Newton(rtol=None, atol=None, max_steps=100, linear_solver=None)
     >>> mcg.solvers.default_solver("argmin", n=3, second_order=False)
     LBFGS(rtol=None, atol=None, max_steps=2000, memory=10)
     """
@@ -102,20 +104,52 @@ def default_solver(kind: str, n: int, *, second_order: bool = True) -> Solver:
     return Anderson()
 
 
-def resolve_solver(solver, kind: str, n: int, where: str, second_order=lambda: True) -> Solver:
+def resolve_solver(
+    solver,
+    kind: str,
+    n: int,
+    where: str,
+    second_order=lambda: True,
+    *,
+    linear_solver=None,
+    explicit_linear_solver=False,
+    why=None,
+) -> Solver:
     """Turn the user's ``solver=`` into a :class:`Solver` that can solve ``kind``.
 
     ``second_order()`` is asked only when the default for a small minimum depends on it.
+    With ``solver=None``, a default Newton solves its steps with ``linear_solver`` when
+    the user gave one or the default chose a sparse one, and a :class:`Sparse
+    <mcmc_customgrad.linear.Sparse>` given by the user makes Newton the default for every
+    size (its structure is what makes Newton affordable). A Newton whose steps would be
+    dense above ``DENSE_LIMIT`` unknowns is refused before compiling (``why`` says why no
+    pattern was used), unless the user asked for ``Newton(linear_solver=Dense())``.
     """
+    from .linear import DENSE_LIMIT, Sparse, dense_limit_error
+
+    def newton_steps(newton):
+        # The linear solver of a Newton left with linear_solver=None.
+        if explicit_linear_solver or isinstance(linear_solver, Sparse):
+            return dataclasses.replace(newton, linear_solver=linear_solver)
+        if n > DENSE_LIMIT:
+            raise dense_limit_error(where, n, kind, why)
+        return newton
+
     if solver is None:
         small_min = kind == "argmin" and n <= ARGMIN_NEWTON_LIMIT
-        return default_solver(kind, n, second_order=second_order() if small_min else True)
+        solver = default_solver(kind, n, second_order=second_order() if small_min else True)
+        if explicit_linear_solver and isinstance(linear_solver, Sparse):
+            solver = Newton()
+        if isinstance(solver, Newton):
+            solver = newton_steps(solver)
     if isinstance(solver, type) and issubclass(solver, Solver):
         raise TypeError(
             f"{where}: solver must be an instance, e.g. {solver.__name__}(), not the class."
         )
     if isinstance(solver, Solver):
         solver.check_kind(kind, where)
+        if isinstance(solver, Newton) and solver.linear_solver is None and n > DENSE_LIMIT:
+            return newton_steps(solver)
         return solver
     if callable(solver):
         return Custom(solver)
