@@ -89,6 +89,7 @@ def test_registry_and_argument_checks():
         "ridge",
         "host_conjugate",
         "eight_schools",
+        "pde",
     }
     with pytest.raises(ValueError, match="p must be > 1"):
         mcg.models.conjugate(p=1.0)

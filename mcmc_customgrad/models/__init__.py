@@ -15,13 +15,16 @@ model                   inner solve                             reference
 ``eight_schools``       ``latent_gaussian_log_marginal``, exact ``N(y_j | mu, sqrt(tau^2 + s_j^2))``
 ``latent_gp_poisson``   ``latent_gaussian_log_marginal``,       full joint ``rho, alpha, eta``
                         Poisson (approximate)                   (more parameters; not in REGISTRY)
+``pde_inverse``         ``root`` (Newton, sparse LU), a         ``c = 0``: Gaussian via basis
+                        steady state on an ``m x m`` grid       solutions; ``c > 0``: dense solve
 ======================  ======================================  ===================================
 
 ``REGISTRY`` holds the models whose reference has the same parameters and the same
 density, which the command line and ``scripts/validate.py`` sweep. ``latent_gp_poisson``'s
 reference samples the latent field too (what a user would do without the Laplace
 approximation) and agrees only approximately, so it is compared on ``rho`` and
-``alpha`` by hand (``docs/laplace.md``).
+``alpha`` by hand (``docs/laplace.md``). ``pde`` is :func:`pde_inverse` at its cheap
+default (``m = 16``, linear); ``scripts/validate.py`` builds it at ``m = 64``.
 """
 
 from ._base import Example
@@ -31,6 +34,7 @@ from .equilibrium import equilibrium
 from .host import host_conjugate
 from .kepler import kepler
 from .latent_gp import latent_gp_poisson, latent_gp_poisson_latents
+from .pde import pde_inverse
 from .ridge import ridge
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "eight_schools",
     "latent_gp_poisson",
     "latent_gp_poisson_latents",
+    "pde_inverse",
     "REGISTRY",
 ]
 
@@ -54,4 +59,5 @@ REGISTRY = {
     "ridge": ridge,
     "host_conjugate": host_conjugate,
     "eight_schools": eight_schools,
+    "pde": pde_inverse,
 }
