@@ -53,7 +53,10 @@ def test_sparse_equals_dense_value_and_derivatives(pattern):
         np.testing.assert_allclose(sparse_grad, dense_grad, rtol=1e-11)
 
 
+@pytest.mark.slow
 def test_sparse_transposes_and_differentiates_to_second_order():
+    # Slow tier (compiles second-order programs); the fast tier's second order through
+    # Sparse is tests/test_pde_model.py::test_second_order_through_the_sparse_solve.
     sparse = mcg.linear.Sparse(pattern=tridiagonal(8))
 
     def f(a):
@@ -340,6 +343,7 @@ def test_diagonal_newton_steps_for_elementwise_roots():
     assert bool(info.converged)
 
 
+@pytest.mark.slow
 def test_nested_batching_hessian_and_vmap_of_jacfwd():
     # SuiteSparse's batched kernel has a rule for one vmap level; the library folds the
     # others into it (jax.hessian and check_gradients' vmap(jacfwd) nest two).
