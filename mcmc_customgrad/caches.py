@@ -2,8 +2,9 @@
 
 The library keeps compiled programs so that repeated calls do not recompile: inner-solve
 cores (per problem, solver and options), samplers (per log-density, settings and
-shapes), the per-draw statistics pass, the initialisation check, the Laplace marginals
-and the diagnostics' simulation-based calibration fits. Each compiled XLA:CPU program
+shapes), the per-draw statistics pass, the initialisation check, the Laplace marginals,
+the diagnostics' simulation-based calibration fits, and the sparsity patterns and sparse
+factorisations of :class:`mcmc_customgrad.linear.Sparse`. Each compiled XLA:CPU program
 holds operating-system memory mappings for its machine code, roughly 3 per small kernel
 and 1,500 per sampler configuration, and Linux caps a process at ``vm.max_map_count``
 mappings (65,530 by default); past it, compilation crashes the process. The caches are
@@ -14,6 +15,7 @@ fill JAX's own caches: call :func:`clear_caches` between unrelated jobs.
 from __future__ import annotations
 
 import gc
+import sys
 
 import jax
 
@@ -33,6 +35,7 @@ def clear_caches() -> None:
     """
     from .diagnostics.calibration import _CACHE as _SBC_CACHE
     from .diagnostics.calibration import _ecdf_null
+    from .implicit._sparsity import _DETECTED
     from .implicit.envelope import _compiled_value
     from .implicit.root import _PROBLEMS, _compiled_core
     from .implicit.stats import _nested
@@ -42,6 +45,7 @@ def clear_caches() -> None:
     from .sampling.sample import _draw_one, _draw_pass, _value_and_grad_batched
 
     _PROBLEMS.data.clear()
+    _DETECTED.clear()
     for cached in (
         _compiled_core,
         _compiled_value,
@@ -58,4 +62,8 @@ def clear_caches() -> None:
     _compiled_generic.cache_clear()
     _ecdf_null.cache_clear()
     jax.clear_caches()
+    # SuiteSparse's symbolic analyses and LU/Cholesky factors of mcg.linear.Sparse
+    # (docs/large.md, Memory); gigabytes at 10^6 unknowns. Not imported for this alone.
+    if "sparsax" in sys.modules:
+        sys.modules["sparsax"].clear_cache()
     gc.collect()

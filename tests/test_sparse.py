@@ -286,6 +286,25 @@ def test_unpreconditioned_gmres_fails_loudly_preconditioned_gmres_is_exact():
         np.testing.assert_allclose(g, exact, rtol=1e-8)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_gmres_stops_on_the_true_residual_whatever_the_preconditioner_scale(scale):
+    # M^-1 and c M^-1 give the same Krylov iterates; a stopping test on the
+    # preconditioned residual (JAX's own) stopped too early at c = 1e-3 (NaN here) and ran
+    # every restart at c = 1e3.
+    n = 200
+
+    def jacobi(u, a):
+        return lambda v: scale * v / (2.0 + 0.1 * jnp.exp(u))
+
+    exact = jax.grad(lambda a: solve(a, mcg.linear.Dense(), n=n) @ jnp.ones(n))(1.0)
+    gmres = mcg.linear.GMRES(restart=50, preconditioner=jacobi)
+    y, info = solve(1.0, gmres, n=n, full_output=True)
+    assert bool(info.converged)
+    np.testing.assert_allclose(y, solve(1.0, mcg.linear.Dense(), n=n), rtol=1e-9, atol=1e-11)
+    g = jax.grad(lambda a: solve(a, gmres, n=n) @ jnp.ones(n))(1.0)
+    np.testing.assert_allclose(g, exact, rtol=1e-8)
+
+
 def test_newton_krylov_with_forcing_terms_converges_to_the_dense_answer():
     n = 200
     gmres = mcg.linear.GMRES(restart=10, preconditioner=tridiagonal_preconditioner)
@@ -363,3 +382,11 @@ def test_nested_batching_hessian_and_vmap_of_jacfwd():
         lambda ls: jax.vmap(jax.vmap(jax.grad(lambda a: f(a, ls))))(jnp.full((2, 3), 0.4)),
     ):
         np.testing.assert_allclose(transform(sparse), transform(mcg.linear.Dense()), rtol=1e-10)
+
+
+def test_clear_caches_frees_the_sparse_factorisations():
+    # docs/large.md, Memory: sparsax keeps factors per pattern; mcg.clear_caches frees them.
+    jax.grad(lambda a: solve(a, mcg.linear.Sparse()).sum())(1.0)
+    assert sparsax.cache_size() > 0
+    mcg.clear_caches()
+    assert sparsax.cache_size() == 0
