@@ -396,3 +396,30 @@ def test_on_failure_raise_inside_sample_is_a_solver_error(capfd):
     assert "jax.debug.callback failed" not in capfd.readouterr().err
     with pytest.raises(mcg.SolverError, match="did not converge"):
         mcg.check_gradients(_raises_beyond_one, jnp.array([3.0]))
+
+
+def test_draw_pass_parts_are_ordered_without_changing_values():
+    # The per-draw pass orders its parts (generated quantities, solver statistics,
+    # log-likelihood), which XLA:CPU would otherwise run at once: two batched LAPACK
+    # kernels of jaxlib 0.10 at once deadlock a 2-thread pool. The values are unchanged,
+    # whatever the dependencies hold.
+    from jax.extend import core as jex_core
+
+    from mcmc_customgrad.sampling.sample import _after
+
+    tree = {"a": jnp.array([1.5, -2.0, 0.0]), "n": jnp.array([3, 4])}
+    for deps in (
+        {"x": jnp.array([jnp.nan, jnp.inf])},
+        {"x": jnp.array([-1e308, -1e308])},
+        {"k": jnp.array(7), "y": jnp.array([2.0])},
+    ):
+        out = _after(tree, deps)
+        np.testing.assert_array_equal(out["a"], tree["a"])
+        np.testing.assert_array_equal(out["n"], tree["n"])
+    jaxpr = jax.make_jaxpr(lambda x, d: _after(x, d))(jnp.ones(2), jnp.ones(3)).jaxpr
+    reached = {jaxpr.invars[1]}
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, jex_core.Literal) and v in reached for v in eqn.invars):
+            reached.update(eqn.outvars)
+    assert jaxpr.outvars[0] in reached
+    assert _after(tree, {"k": jnp.array(7)}) is tree

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import conjugate_inner, kepler
+from jax.extend import core as jex_core
 from jax.scipy.optimize import minimize
 
 import mcmc_customgrad as mcg
@@ -420,3 +421,58 @@ def test_chandrupatla_rejects_a_pole():
         full_output=True,
     )
     assert bool(info.converged) and abs(float(y) - 1.0) < 1e-10
+
+
+def _primitives(jaxpr):
+    """Every primitive name in ``jaxpr``, sub-jaxprs included."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jex_core.jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
+
+
+def _lapack_calls_wait_for_lu(jaxpr, tainted=frozenset()):
+    """Does each Cholesky's input depend on an LU output of the same (sub-)jaxpr?"""
+    tainted = set(tainted)
+    ok = True
+    for eqn in jaxpr.eqns:
+        subs = list(jex_core.jaxprs_in_params(eqn.params))
+        uses = any(not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars)
+        inner = set().union(*(_primitives(s) for s in subs)) if subs else set()
+        if eqn.primitive.name == "cholesky" or ("cholesky" in inner and "lu" not in inner):
+            ok &= uses
+        elif subs and "lu" in inner and "cholesky" in inner:  # a loop body, a jit
+            ok &= all(_lapack_calls_wait_for_lu(s) for s in subs)
+        if uses or eqn.primitive.name == "lu" or "lu" in inner:
+            tainted.update(eqn.outvars)
+    return ok
+
+
+def test_dense_newton_never_runs_two_lapack_kernels_at_once_under_vmap():
+    # jaxlib 0.10's batched LAPACK kernels deadlock XLA:CPU's thread pool when as many
+    # of them run at once as it has threads (seen as a hang of a Kepler run on 2 cores).
+    # Under vmap Newton's Levenberg-Marquardt branch runs too (the cond becomes a
+    # select): its Cholesky must wait for the LU step, as JAX's selection of the
+    # branch's operands by the predicate makes it; a scalar equation uses no LAPACK.
+    def two(y, a):
+        return jnp.array([y[0] ** 3 + y[1] - a, y[1] ** 3 - y[0] + 2 * a])
+
+    batched = jax.vmap(lambda a: mcg.root(two, jnp.array([5.0, -3.0]), a))
+    jaxpr = jax.make_jaxpr(batched)(jnp.linspace(1.0, 2.0, 8)).jaxpr
+    assert {"lu", "cholesky"} <= _primitives(jaxpr)
+    assert _lapack_calls_wait_for_lu(jaxpr)
+    # The check itself: an LU and a Cholesky side by side are caught.
+    side_by_side = jax.make_jaxpr(
+        lambda m: (jax.scipy.linalg.lu_factor(m)[0], jnp.linalg.cholesky(m @ m.T))
+    )(jnp.eye(2)).jaxpr
+    assert not _lapack_calls_wait_for_lu(side_by_side)
+    y = batched(jnp.linspace(1.0, 2.0, 8))
+    np.testing.assert_allclose(jax.vmap(two)(y, jnp.linspace(1.0, 2.0, 8)), 0.0, atol=1e-10)
+
+    scalar = jax.vmap(lambda a: mcg.root(lambda y, a: y**3 - a, jnp.array([1.0]), a))
+    assert not {"lu", "cholesky", "triangular_solve"} & _primitives(
+        jax.make_jaxpr(scalar)(jnp.linspace(1.0, 8.0, 4)).jaxpr
+    )
+    np.testing.assert_allclose(scalar(jnp.array([1.0, 8.0]))[:, 0], [1.0, 2.0], rtol=1e-12)

@@ -203,6 +203,13 @@ class Dense(LinearSolver):
     def prepare(self, op):
         """Materialise ``A`` (``n`` batched JVPs) and factorise it once."""
         a = _materialise(op.matvec, op.n, op.dtype)
+        if op.n == 1:
+            # A scalar equation (one per element under vmap): a division, no LAPACK call,
+            # whose batched kernels can deadlock XLA:CPU's thread pool (newton.py).
+            d = a[0, 0]
+            if self.method == "cholesky":
+                d = jnp.where(d > 0, d, jnp.nan)  # not positive definite: NaN, as cho_factor
+            return Prepared(lambda _, b: b / d, lambda _, b: b / d)
         if self.method == "cholesky":
             factor = jax.scipy.linalg.cho_factor(a)
 
@@ -377,8 +384,8 @@ class GMRES(LinearSolver):
     The transposed solve (reverse mode) runs GMRES on the transposed operator, which
     JAX derives from the JVP, with the transposed preconditioner. Restarts stop on the
     true residual, and the result is NaN when ``|A x - b|`` still exceeds
-    ``atol + rtol |b|`` after ``max_steps`` restarts. Unpreconditioned GMRES stalls on elliptic operators (a discretised
-    Laplacian): give a preconditioner.
+    ``atol + rtol |b|`` after ``max_steps`` restarts. Unpreconditioned GMRES stalls on
+    elliptic operators (a discretised Laplacian): give a preconditioner.
 
     Parameters
     ----------

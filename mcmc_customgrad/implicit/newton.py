@@ -299,10 +299,14 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
         return residual_within(max_norm(r), residual_scale(problem.kind, y), rtol, atol)
 
     def direction(y, r, lam):
-        # The Newton step by LU; it is also the estimate of y - y* for the step test.
+        # The Newton step by LU; it is also the estimate of y - y* for the step test. A
+        # scalar equation (one per element under vmap, as in Kepler's) divides instead.
         j = jnp.where(jnp.isfinite(j := jacobian(y)), j, 0.0)
         grad_merit = j.T @ r
-        p_newton = -jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(j), r)
+        if n == 1:
+            p_newton = -r / j[0]
+        else:
+            p_newton = -jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(j), r)
         newton_finite = jnp.all(jnp.isfinite(p_newton))
         newton_ok = newton_finite & (jnp.vdot(grad_merit, p_newton) < 0)
         # Levenberg-Marquardt where the Newton step is unusable or the last step was cut
@@ -312,6 +316,13 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
         mu = lam * jnp.linalg.norm(r)
 
         def levenberg_marquardt(_):
+            if n == 1:
+                return -grad_merit / (j[0] * j[0] + mu)
+            # Under vmap both branches run (the cond becomes a select), but never at once:
+            # JAX selects each branch's operands by the predicate, which needs the LU
+            # step, so this Cholesky waits for it. That matters: jaxlib 0.10's batched
+            # LAPACK kernels deadlock XLA:CPU's thread pool when as many of them run at
+            # once as it has threads (test_solvers.py checks the order).
             a = j.T @ j + mu * eye
             return -jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(a), True), grad_merit)
 
