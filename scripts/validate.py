@@ -1,6 +1,6 @@
 """Acceptance of every built-in model: the validation protocol, written to docs/validation.md.
 
-    python scripts/validate.py                      # all models, ~10 minutes on 2 CPU cores
+    python scripts/validate.py                      # all models, ~15 minutes on 2 CPU cores
     python scripts/validate.py --models conjugate   # one model, printed, docs untouched
     python scripts/validate.py --quick              # smoke test: 500 draws, nothing written,
                                                     # efficiency reported but not judged
