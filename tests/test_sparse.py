@@ -286,7 +286,7 @@ def test_unpreconditioned_gmres_fails_loudly_preconditioned_gmres_is_exact():
         np.testing.assert_allclose(g, exact, rtol=1e-8)
 
 
-@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
 def test_gmres_stops_on_the_true_residual_whatever_the_preconditioner_scale(scale):
     # M^-1 and c M^-1 give the same Krylov iterates; a stopping test on the
     # preconditioned residual (JAX's own) stopped too early at c = 1e-3 (NaN here) and ran
