@@ -40,6 +40,9 @@ SLOW_PAGES = {
     # Model building (tests/test_model.py), the model library (tests/test_models.py) and
     # NumPyro models in (tests/test_numpyro.py).
     "model.md",
+    # Large inner problems: Sparse at small n against Dense (tests/test_sparse.py), the
+    # PDE model against its references and its field (tests/test_pde_model.py).
+    "large.md",
 }
 
 

@@ -50,7 +50,7 @@ def nonlinear():
     return mcg.models.pde_inverse(m=SMALL, c=1.0)
 
 
-@pytest.mark.parametrize("m", [SMALL, 12])
+@pytest.mark.parametrize("m", [SMALL, pytest.param(12, marks=pytest.mark.slow)])
 def test_linear_member_equals_the_closed_form(m, linear):
     example = linear if m == SMALL else mcg.models.pde_inverse(m=m)
     assert example.model.names == example.reference.names == ("theta",)
@@ -127,6 +127,7 @@ def test_nonlinear_gradient_matches_central_differences(nonlinear):
         np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(g))))
 
 
+@pytest.mark.slow
 def test_second_order_through_the_sparse_solve():
     # jax.hessian is forward over reverse: the tangent solve batched over a second vmap.
     example = mcg.models.pde_inverse(m=6, c=1.0)
@@ -136,6 +137,7 @@ def test_second_order_through_the_sparse_solve():
     assert_close(hessian, hessian_ref, 1e-8)
 
 
+@pytest.mark.slow
 def test_vmap_over_parameters_equals_one_at_a_time(linear, nonlinear):
     for example in (linear, nonlinear):
         points = thetas(example, num=5)

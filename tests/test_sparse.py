@@ -55,8 +55,8 @@ def test_sparse_equals_dense_value_and_derivatives(pattern):
 
 @pytest.mark.slow
 def test_sparse_transposes_and_differentiates_to_second_order():
-    # Slow tier (compiles second-order programs); the fast tier's second order through
-    # Sparse is tests/test_pde_model.py::test_second_order_through_the_sparse_solve.
+    # Slow tier (compiles second-order programs), as is the PDE model's second order
+    # (tests/test_pde_model.py); the fast tier checks Sparse's first derivatives.
     sparse = mcg.linear.Sparse(pattern=tridiagonal(8))
 
     def f(a):
@@ -270,6 +270,7 @@ def tridiagonal_preconditioner(u, a):
     return apply
 
 
+@pytest.mark.slow
 def test_unpreconditioned_gmres_fails_loudly_preconditioned_gmres_is_exact():
     n = 200
     exact = jax.grad(lambda a: solve(a, mcg.linear.Dense(), n=n) @ jnp.ones(n))(1.0)
@@ -286,7 +287,7 @@ def test_unpreconditioned_gmres_fails_loudly_preconditioned_gmres_is_exact():
         np.testing.assert_allclose(g, exact, rtol=1e-8)
 
 
-@pytest.mark.parametrize("scale", [1e-3, 1e3])
+@pytest.mark.parametrize("scale", [1e-3, pytest.param(1e3, marks=pytest.mark.slow)])
 def test_gmres_stops_on_the_true_residual_whatever_the_preconditioner_scale(scale):
     # M^-1 and c M^-1 give the same Krylov iterates; a stopping test on the
     # preconditioned residual (JAX's own) stopped too early at c = 1e-3 (NaN here) and ran
