@@ -9,6 +9,7 @@ from jax.extend import core as jex_core
 from jax.scipy.optimize import minimize
 
 import mcmc_customgrad as mcg
+from mcmc_customgrad.implicit._sparsity import primitive_names
 
 G3 = conjugate_inner(3.0)
 XS = jnp.array([0.31415, -1.7, 0.02, 3.0])
@@ -423,16 +424,6 @@ def test_chandrupatla_rejects_a_pole():
     assert bool(info.converged) and abs(float(y) - 1.0) < 1e-10
 
 
-def _primitives(jaxpr):
-    """Every primitive name in ``jaxpr``, sub-jaxprs included."""
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for sub in jex_core.jaxprs_in_params(eqn.params):
-            names |= _primitives(sub)
-    return names
-
-
 def _lapack_calls_wait_for_lu(jaxpr, tainted=frozenset()):
     """Does each Cholesky's input depend on an LU output of the same (sub-)jaxpr?"""
     tainted = set(tainted)
@@ -440,7 +431,7 @@ def _lapack_calls_wait_for_lu(jaxpr, tainted=frozenset()):
     for eqn in jaxpr.eqns:
         subs = list(jex_core.jaxprs_in_params(eqn.params))
         uses = any(not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars)
-        inner = set().union(*(_primitives(s) for s in subs)) if subs else set()
+        inner = set().union(*(primitive_names(s) for s in subs)) if subs else set()
         if eqn.primitive.name == "cholesky" or ("cholesky" in inner and "lu" not in inner):
             ok &= uses
         elif subs and "lu" in inner and "cholesky" in inner:  # a loop body, a jit
@@ -461,7 +452,7 @@ def test_dense_newton_never_runs_two_lapack_kernels_at_once_under_vmap():
 
     batched = jax.vmap(lambda a: mcg.root(two, jnp.array([5.0, -3.0]), a))
     jaxpr = jax.make_jaxpr(batched)(jnp.linspace(1.0, 2.0, 8)).jaxpr
-    assert {"lu", "cholesky"} <= _primitives(jaxpr)
+    assert {"lu", "cholesky"} <= primitive_names(jaxpr)
     assert _lapack_calls_wait_for_lu(jaxpr)
     # The check itself: an LU and a Cholesky side by side are caught.
     side_by_side = jax.make_jaxpr(
@@ -472,7 +463,7 @@ def test_dense_newton_never_runs_two_lapack_kernels_at_once_under_vmap():
     np.testing.assert_allclose(jax.vmap(two)(y, jnp.linspace(1.0, 2.0, 8)), 0.0, atol=1e-10)
 
     scalar = jax.vmap(lambda a: mcg.root(lambda y, a: y**3 - a, jnp.array([1.0]), a))
-    assert not {"lu", "cholesky", "triangular_solve"} & _primitives(
+    assert not {"lu", "cholesky", "triangular_solve"} & primitive_names(
         jax.make_jaxpr(scalar)(jnp.linspace(1.0, 8.0, 4)).jaxpr
     )
     np.testing.assert_allclose(scalar(jnp.array([1.0, 8.0]))[:, 0], [1.0, 2.0], rtol=1e-12)

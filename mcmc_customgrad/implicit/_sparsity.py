@@ -215,21 +215,20 @@ def detect_structure(problem, y0, params) -> Structure:
 OPAQUE_PRIMITIVES = frozenset({"pure_callback", "io_callback", "callback", "ffi_call"})
 
 
+def primitive_names(jaxpr) -> set[str]:
+    """Names of every primitive in ``jaxpr`` (a ``Jaxpr``), sub-jaxprs included."""
+    names: set[str] = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax_core.jaxprs_in_params(eqn.params):
+            names |= primitive_names(sub)
+    return names
+
+
 def _opaque_primitives(problem, y, params) -> set[str]:
     """Names of opaque primitives anywhere in the residual's jaxpr (sub-jaxprs included)."""
-    jaxpr = jax.make_jaxpr(problem.fn)(y, params)
-    found: set[str] = set()
-
-    def visit(j):
-        for eqn in j.eqns:
-            name = eqn.primitive.name
-            if name in OPAQUE_PRIMITIVES or "custom_call" in name:
-                found.add(name)
-            for sub in jax_core.jaxprs_in_params(eqn.params):
-                visit(sub)
-
-    visit(jaxpr.jaxpr)
-    return found
+    names = primitive_names(jax.make_jaxpr(problem.fn)(y, params).jaxpr)
+    return {n for n in names if n in OPAQUE_PRIMITIVES or "custom_call" in n}
 
 
 def _operator_name(problem) -> str:
