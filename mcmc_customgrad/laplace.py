@@ -37,7 +37,7 @@ from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 from jax.scipy.special import gammaln
 
-from .implicit._base import SolverInfo, max_norm
+from .implicit._base import SolverInfo, Status, max_norm
 from .implicit._linesearch import backtrack
 from .implicit.newton import Newton
 from .implicit.root import (
@@ -404,8 +404,10 @@ def _compiled_generic(problem, solver, linear_solver, on_failure):
         base_ok = jnp.all(jnp.isfinite(y)) if on_failure == "last" else info.converged
         y_safe = jnp.where(base_ok, y, y0)
         chol = jnp.linalg.cholesky(hessian(y_safe, params))
-        ok = base_ok & jnp.all(jnp.isfinite(chol))  # -H positive definite at the mode
-        info = info._replace(converged=info.converged & ok)
+        pd = jnp.all(jnp.isfinite(chol))  # -H positive definite at the mode
+        ok = base_ok & pd
+        status = jnp.where(info.converged & ~pd, Status.NOT_LOG_CONCAVE, info.status)
+        info = info._replace(converged=info.converged & ok, status=status.astype(jnp.int32))
         eye = jnp.eye(problem.n, dtype=problem.dtype)
         return y, info, ok, jnp.where(ok, y, y0), jnp.where(ok, chol, eye)
 
@@ -667,13 +669,21 @@ def _latent_value(ll, f, K, m, p):
     return value, (g, W, sW, Lc)
 
 
-def _mode_ok(ll, f, p, W, solver_ok):
-    """The solve succeeded, the B form is valid (``W >= 0``), and ``ll`` is separable."""
+def _mode_ok(ll, f, p, W, solver_ok, finite):
+    """``(ok, status)``: the solve succeeded, ``ll`` is separable and ``W >= 0``.
+
+    ``status`` is the :class:`~mcmc_customgrad.Status` of the first test that failed.
+    """
     scale = jnp.maximum(1.0, max_norm(W))
     eps = jnp.finfo(f.dtype).eps
     nonneg = jnp.all(W + 1e3 * eps * scale >= 0)
     separable = _separability_gap(ll, f, p) <= _SEPARABLE_RTOL
-    return solver_ok & nonneg & separable
+    status = jnp.select(
+        [~finite, ~solver_ok, ~separable, ~nonneg],
+        [Status.NONFINITE, Status.MAX_STEPS, Status.NOT_SEPARABLE, Status.NOT_LOG_CONCAVE],
+        Status.CONVERGED,
+    )
+    return solver_ok & nonneg & separable, status.astype(jnp.int32)
 
 
 def _build_latent(ll, rtol, atol, max_steps, on_failure):
@@ -683,8 +693,15 @@ def _build_latent(ll, rtol, atol, max_steps, on_failure):
         K, m, p = params
         f, solver_ok, k, residual = _newton_mode(ll, theta0, K, m, p, rtol, atol, max_steps)
         f_safe = jnp.where(jnp.all(jnp.isfinite(f)), f, m)
-        ok = _mode_ok(ll, f_safe, p, _w_diag(ll, f_safe, p), solver_ok)
-        info = SolverInfo(converged=ok, num_steps=k, residual_norm=residual)
+        finite = jnp.all(jnp.isfinite(f)) & jnp.isfinite(residual)
+        ok, status = _mode_ok(ll, f_safe, p, _w_diag(ll, f_safe, p), solver_ok, finite)
+        info = SolverInfo(
+            converged=ok,
+            num_steps=k,
+            residual_norm=residual,
+            status=status,
+            error_estimate=jnp.full((), jnp.nan, residual.dtype),
+        )
         if on_failure != "last":
             f = jnp.where(ok, f, jnp.nan)
         return f, info

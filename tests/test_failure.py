@@ -9,7 +9,7 @@ from helpers import conjugate_inner, kepler
 import mcmc_customgrad as mcg
 
 G3 = conjugate_inner(3.0)
-CAPPED = mcg.solvers.Newton(max_steps=1)
+CAPPED = mcg.solvers.Newton(max_steps=1, fallback=False)  # no BFGS rescue
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_unmasked_failure_has_nan_value_and_zero_gradient():
 
 def test_min_value_vmap_failure_isolated():
     x = jnp.array([[0.5], [1.5]])
-    solver = mcg.solvers.Newton(max_steps=4)
+    solver = mcg.solvers.Newton(max_steps=4, fallback=False)
 
     def v(x):
         return mcg.min_value(G3, jnp.array([-30.0]), x, solver=solver, full_output=True)

@@ -193,7 +193,7 @@ def test_gradient_matches_finite_differences(name, h):
 # shift c and few Newton steps: element 1 needs more steps (fails), element 3 has s = -1
 # (a NaN likelihood: fails), the others converge.
 
-FEW_STEPS = mcg.solvers.Newton(max_steps=3)
+FEW_STEPS = mcg.solvers.Newton(max_steps=3, fallback=False)
 H_BATCH = jnp.array(
     [[0.3, 0.05, 0.0, 0.3], [0.3, 2.0, -3.0, 0.3], [0.25, 0.01, 0.0, -0.2], [0.3, 0.5, 0.0, 9.0]]
 )

@@ -63,7 +63,13 @@ A = jnp.array([1.0, 2.0, 4.0, 9.0])
 def test_jaxpr_structure():
     eqns = jax.make_jaxpr(jax.vmap(sqrt_solve))(A).jaxpr.eqns
     (core,) = [e for e in eqns if e.params.get("name") == CORE_NAME]
-    assert [str(v.aval) for v in core.outvars[1:]] == ["bool[4]", "int32[4]", "float64[4]"]
+    assert [str(v.aval) for v in core.outvars[1:]] == [
+        "bool[4]",
+        "int32[4]",
+        "float64[4]",
+        "int32[4]",  # status
+        "float64[4]",  # error_estimate
+    ]
 
 
 def test_no_solves():

@@ -4,7 +4,7 @@ No Blackjax or ArviZ imports here: this is pure JAX (plus SciPy on the host, laz
 """
 
 from . import linear, solvers
-from ._base import SolverError, SolverInfo
+from ._base import SolverError, SolverInfo, Status
 from .argmin import argmin
 from .envelope import min_value
 from .fixed_point import fixed_point
@@ -17,6 +17,7 @@ __all__ = [
     "argmin",
     "min_value",
     "SolverInfo",
+    "Status",
     "SolverError",
     "with_solver_stats",
     "SolverStats",

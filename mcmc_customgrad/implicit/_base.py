@@ -8,6 +8,7 @@ and a pytree of parameters ``params`` that they never look inside.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "Status",
     "SolverInfo",
     "SolverResult",
     "Problem",
@@ -35,34 +37,273 @@ class SolverError(RuntimeError):
     """An inner solve did not converge and ``on_failure="raise"`` was asked for."""
 
 
+class Status(enum.IntEnum):
+    """Why an inner solve ended: ``SolverInfo.status``, one int32 per solve element.
+
+    ``CONVERGED`` and ``DEGENERATE`` are the *accepted* outcomes (``info.converged`` is
+    True and the result is returned); every other status is a failure, whose result is
+    NaN (``on_failure="nan"``), so that a sampler rejects the proposal. ``message`` says
+    what each means and what to try; ``docs/core.md`` (section *Statuses*) says what
+    each means for a log-density and for sampling.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import mcmc_customgrad as mcg
+    >>> y, info = mcg.root(lambda y: y**2 - 2.0, jnp.array(1.0), full_output=True)
+    >>> mcg.Status(int(info.status)).name
+    'CONVERGED'
+    >>> mcg.Status.MAX_STEPS.accepted
+    False
+    """
+
+    CONVERGED = 0
+    DEGENERATE = 1
+    MAX_STEPS = 2
+    STAGNATED = 3
+    NONFINITE = 4
+    LINEAR_SOLVE_FAILED = 5
+    NOT_CONVERGED = 6
+    NOT_SEPARABLE = 7
+    NOT_LOG_CONCAVE = 8
+
+    @property
+    def accepted(self) -> bool:
+        """True for the outcomes whose result is returned (``CONVERGED``, ``DEGENERATE``)."""
+        return self <= Status.DEGENERATE
+
+    @property
+    def message(self) -> str:
+        """What the status means, and what to try."""
+        return _STATUS_MESSAGES[self]
+
+    @classmethod
+    def describe(cls, status) -> str:
+        """``"NAME: message"`` for an int (or 0-d array) status."""
+        s = cls(int(status))
+        return f"{s.name}: {s.message}"
+
+
+_STATUS_MESSAGES = {
+    Status.CONVERGED: "the optimality residual is within tolerance and y is known to it.",
+    Status.DEGENERATE: (
+        "the residual is within tolerance, but y is known only to info.error_estimate, "
+        "more than 10 times the step tolerance: the Jacobian (Hessian) is singular or "
+        "nearly so at the solution (a double root, a flat or quartic minimum), where y "
+        "converges slowly. The objective's value there is still accurate (its error is "
+        "second order in y's), y itself is not."
+    ),
+    Status.MAX_STEPS: (
+        "the solver ran out of max_steps while still making progress: raise max_steps, "
+        "or start nearer the solution."
+    ),
+    Status.STAGNATED: (
+        "the solver stopped early: neither the residual nor the objective improved over "
+        "its last steps, above the tolerance (usually rounding in the objective or its "
+        "gradient). A looser rtol/atol is acceptable where the value's accuracy allows: "
+        "for a minimum, a gradient tolerance g changes the value by about g^2 / (2 h) "
+        "(h the smallest curvature); for a root, the error in y is about tol / |J|."
+    ),
+    Status.NONFINITE: (
+        "the residual or the iterate became NaN or infinite: check the function's "
+        "domain (a log or sqrt of a negative number, an overflow) or start elsewhere."
+    ),
+    Status.LINEAR_SOLVE_FAILED: (
+        "a linear solve in the solver failed (a singular or indefinite matrix, or an "
+        "iterative solve that missed its tolerance): try another linear_solver or a "
+        "preconditioner."
+    ),
+    Status.NOT_CONVERGED: (
+        "a custom or host solver reported no convergence, or its answer failed this "
+        "library's own residual test."
+    ),
+    Status.NOT_SEPARABLE: (
+        "the Laplace log-likelihood is not separable in the latent field (its Hessian "
+        "is not diagonal): use a dense Laplace path or a separable likelihood."
+    ),
+    Status.NOT_LOG_CONCAVE: (
+        "the Laplace log-likelihood's curvature is positive somewhere (W < 0): the "
+        "Laplace approximation there is not a Gaussian; use a log-concave likelihood."
+    ),
+}
+
+
 class SolverInfo(NamedTuple):
     """What an inner solve reports next to its result.
 
     Attributes
     ----------
     converged : bool array
-        True when the optimality residual at the returned point is within tolerance and
-        the point is known to tolerance (see
-        :func:`~mcmc_customgrad.implicit._base.converged_within`).
+        True when the result is accepted: ``status`` is ``CONVERGED`` or ``DEGENERATE``
+        (see :class:`Status`).
     num_steps : int32 array
         Iterations the forward solver took (-1 when a custom solver does not say).
     residual_norm : float array
         Max-norm of the optimality residual at the returned point: ``fun(y)`` for a root,
         ``fun(y) - y`` for a fixed point, the gradient for a minimum.
+    status : int32 array
+        A :class:`Status`: why the solve ended. ``None`` in a custom solver's own
+        ``SolverInfo(converged, num_steps, residual_norm)``; the library fills it in.
+    error_estimate : float array
+        Estimated max-norm error of ``y`` (NaN where the solver has none, as for a
+        custom solver): at most the step tolerance ``atol + rtol |y|_inf`` for
+        ``CONVERGED``, larger for ``DEGENERATE``.
     """
 
     converged: Any
     num_steps: Any
     residual_norm: Any
+    status: Any = None
+    error_estimate: Any = None
 
 
 class SolverResult(NamedTuple):
-    """What a forward solver returns to the core (flat ``y``)."""
+    """What a forward solver returns to the core (flat ``y``).
+
+    ``status`` and ``error_estimate`` may be left ``None``; the core then derives the
+    status from ``converged`` (see :func:`status_of`).
+    """
 
     y: Any
     converged: Any
     num_steps: Any
     residual_norm: Any
+    status: Any = None
+    error_estimate: Any = None
+
+
+#: A converged answer whose estimated error exceeds this many step tolerances is
+#: reported ``DEGENERATE``.
+DEGENERATE_FACTOR = 10.0
+
+
+def secant_error(residual, previous_residual, step, delta, step_tol):
+    """Estimated max-norm error of ``y`` at the end of a solve.
+
+    ``delta`` is the solver's own estimate of ``y - y*`` (its next step; ``inf`` when it
+    has none). Where it passes the step test (``delta <= step_tol``) it is the estimate.
+    Otherwise the solve was accepted by the fallen-residual test, or failed, and the
+    estimate is the larger of ``delta`` and the secant estimate
+    ``|F_k| |s_k| / |F_k - F_{k-1}|`` (max-norms): the residual over the secant slope
+    along the last step ``s_k``, ``|F| / |J|`` in that direction. It tracks the error
+    where convergence is slow: for ``y^2 = 0`` (Newton halves ``y`` each step) it is
+    about ``y``, although the residual fell by ``rtol`` long before ``y`` was known to
+    it. 0 when the residual is exactly zero.
+    """
+    r = max_norm(residual)
+    slope = max_norm(residual - previous_residual)
+    secant = jnp.where(slope > 0, r * max_norm(step) / jnp.where(slope > 0, slope, 1.0), jnp.inf)
+    secant = jnp.where(r == 0, 0.0, secant)
+    known = delta <= step_tol
+    estimate = jnp.where(
+        known, delta, jnp.maximum(jnp.where(jnp.isfinite(delta), delta, 0.0), secant)
+    )
+    return jnp.asarray(estimate, residual.dtype)
+
+
+#: Passes without progress after which Newton stops (``STAGNATED``), and quasi-Newton.
+STALL_NEWTON = 10
+STALL_QUASI_NEWTON = 25
+#: Progress is a new best merit by more than this many ``eps |merit|``, or a new best
+#: residual max-norm below ``1 - STALL_RTOL`` times the previous best.
+STALL_MERIT_EPS = 100.0
+STALL_RTOL = 1e-3
+
+
+class Tracker(NamedTuple):
+    """What a solver carries to report its end: the error estimate and stagnation.
+
+    ``previous`` is the residual before the last accepted step and ``step`` that step
+    (for :func:`secant_error`); ``best_merit``/``best_residual`` the best merit and
+    residual max-norm so far, and ``stall`` the passes since either improved.
+    """
+
+    previous: Any
+    step: Any
+    best_merit: Any
+    best_residual: Any
+    stall: Any
+
+    @classmethod
+    def start(cls, residual, merit) -> Tracker:
+        """The tracker at the start point."""
+        return cls(
+            residual, jnp.zeros_like(residual), merit, max_norm(residual), jnp.zeros((), jnp.int32)
+        )
+
+    def update(self, accepted, residual_old, residual_new, step, merit_new) -> Tracker:
+        """After a pass that moved by ``step`` (when ``accepted``) from ``residual_old``."""
+        eps = jnp.finfo(residual_new.dtype).eps
+        noise = STALL_MERIT_EPS * eps * jnp.abs(self.best_merit)
+        r_new = max_norm(residual_new)
+        better = accepted & (
+            (merit_new < self.best_merit - noise)
+            | (r_new < (1.0 - STALL_RTOL) * self.best_residual)
+        )
+        return Tracker(
+            jnp.where(accepted, residual_old, self.previous),
+            jnp.where(accepted, step, self.step),
+            jnp.where(accepted, jnp.minimum(self.best_merit, merit_new), self.best_merit),
+            jnp.where(accepted, jnp.minimum(self.best_residual, r_new), self.best_residual),
+            jnp.where(better, 0, self.stall + 1),
+        )
+
+    def stagnated(self, window):
+        """True once ``window`` passes in a row made no progress."""
+        return self.stall >= window
+
+    def result(self, y, ok, num_steps, residual, *, rtol, atol, window, delta=jnp.inf, finite=True):
+        """The :class:`SolverResult` with status and error estimate."""
+        step_tol = atol + rtol * max_norm(y)
+        error = secant_error(residual, self.previous, self.step, delta, step_tol)
+        status = status_of(
+            ok,
+            finite=jnp.asarray(finite) & jnp.all(jnp.isfinite(residual)),
+            error_estimate=error,
+            y_norm=max_norm(y),
+            rtol=rtol,
+            atol=atol,
+            stagnated=self.stagnated(window),
+        )
+        return SolverResult(y, ok, num_steps, max_norm(residual), status, error)
+
+
+def status_of(
+    converged,
+    *,
+    finite,
+    error_estimate=None,
+    y_norm=None,
+    rtol=None,
+    atol=None,
+    stagnated=False,
+    linear_failed=False,
+    failure=None,
+):
+    """The :class:`Status` (int32) of a solve from what a solver knows at its end.
+
+    Accepted (``converged``) solves are ``DEGENERATE`` when ``error_estimate`` exceeds
+    :data:`DEGENERATE_FACTOR` step tolerances, else ``CONVERGED``; failures are
+    ``NONFINITE``, ``LINEAR_SOLVE_FAILED``, ``STAGNATED`` or else ``failure``
+    (``MAX_STEPS`` by default), in that order.
+    """
+    degenerate = jnp.array(False)
+    if error_estimate is not None:
+        tol = atol + rtol * y_norm
+        degenerate = ~(error_estimate <= DEGENERATE_FACTOR * tol)
+    failure = Status.MAX_STEPS if failure is None else failure
+    status = jnp.select(
+        [converged & degenerate, converged, ~finite, linear_failed, stagnated],
+        [
+            Status.DEGENERATE,
+            Status.CONVERGED,
+            Status.NONFINITE,
+            Status.LINEAR_SOLVE_FAILED,
+            Status.STAGNATED,
+        ],
+        failure,
+    )
+    return status.astype(jnp.int32)
 
 
 def default_tolerances(dtype) -> tuple[float, float]:

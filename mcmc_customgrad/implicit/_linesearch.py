@@ -12,9 +12,12 @@ C1 = 1e-4
 MAX_HALVINGS = 40
 #: Halvings during which a step must also satisfy ``prefer`` (see :func:`backtrack`).
 PREFER_HALVINGS = 4
+#: Relative change of the merit below which it is treated as flat to rounding when no
+#: Armijo step exists (Hager and Zhang's approximate-Wolfe ``epsilon``).
+FLAT_RTOL = 1e-6
 
 
-def backtrack(evaluate, y, merit_y, p, slope, prefer=None):
+def backtrack(evaluate, y, merit_y, p, slope, prefer=None, flat=None):
     """Largest ``alpha`` in ``1, 1/2, 1/4, ...`` with sufficient decrease along ``p``.
 
     ``evaluate(y) -> (merit, aux)``; ``aux`` (say the gradient at the trial point) is
@@ -32,14 +35,25 @@ def backtrack(evaluate, y, merit_y, p, slope, prefer=None):
     which stops the overshoot-and-return oscillation of Newton on objectives whose
     curvature blows up near the solution (``|y|^p`` with ``p < 2`` near 0).
 
+    ``flat(aux) -> bool``, if given, rescues a search that finds no Armijo step: the
+    largest ``alpha`` whose merit is within ``FLAT_RTOL |merit(y)|`` of ``merit(y)`` and
+    where ``flat`` holds is taken (the minimisers pass "the gradient norm decreased").
+    Near a minimum whose objective is a sum with cancellation (a least-squares
+    objective near a small non-zero minimum), rounding in the merit is far above
+    ``eps |merit|``: every trial looks like an increase, and without this the solver
+    would repeat the same rejected step until ``max_steps``. This is Hager and Zhang's
+    approximate Wolfe condition, with the gradient norm as the curvature test; the
+    answer is still judged by the solver's convergence test, never by the line search.
+
     Returns
     -------
     alpha, merit_new, aux_new, accepted
-        ``accepted`` is False when ``MAX_HALVINGS`` halvings found no decrease; the
-        caller then keeps ``y`` (and must not use ``aux_new``).
+        ``accepted`` is False when ``MAX_HALVINGS`` halvings found no acceptable step;
+        the caller then keeps ``y`` (and must not use ``aux_new``).
     """
     eps = jnp.finfo(y.dtype).eps
     noise = 8 * eps * jnp.abs(merit_y)
+    flat_bound = merit_y + FLAT_RTOL * jnp.abs(merit_y) + noise
 
     def armijo_at(alpha, m):
         return jnp.isfinite(m) & (m <= merit_y + C1 * alpha * slope + noise)
@@ -48,26 +62,49 @@ def backtrack(evaluate, y, merit_y, p, slope, prefer=None):
         ok = armijo_at(alpha, m)
         return ok if prefer is None else ok & prefer(aux)
 
-    def remember(trial, fallback):
-        # The fallback is the largest Armijo step evaluated so far (this trial included).
-        take = armijo_at(trial[0], trial[1]) & ~fallback[3]
+    def flat_at(alpha, m, aux):
+        if flat is None:
+            return jnp.array(False)
+        return jnp.isfinite(m) & (m <= flat_bound) & flat(aux)
+
+    def remember(trial, fallback, test):
+        # The fallback is the largest step passing `test` evaluated so far (this trial
+        # included).
+        take = test(*trial) & ~fallback[3]
         return jax.tree.map(lambda new, old: jnp.where(take, new, old), (*trial, True), fallback)
 
+    def armijo_test(alpha, m, aux):
+        return armijo_at(alpha, m)
+
     def cond(state):
-        trial, fallback, i = state
+        trial, fallback, _, i = state
         stop = preferred(*trial) | (fallback[3] & (i >= PREFER_HALVINGS))
         return ~stop & (i < MAX_HALVINGS)
 
     def body(state):
-        trial, fallback, i = state
+        trial, fallback, rescue, i = state
         alpha = 0.5 * trial[0]
         trial = (alpha, *evaluate(y + alpha * p))
-        return trial, remember(trial, fallback), i + 1
+        return (
+            trial,
+            remember(trial, fallback, armijo_test),
+            remember(trial, rescue, flat_at),
+            i + 1,
+        )
 
     one = jnp.ones((), y.dtype)
     trial = (one, *evaluate(y + p))
-    fallback = remember(trial, (one, *trial[1:], jnp.array(False)))
-    trial, fallback, _ = lax.while_loop(cond, body, (trial, fallback, 0))
+    empty = (one, *trial[1:], jnp.array(False))
+    fallback = remember(trial, empty, armijo_test)
+    rescue = remember(trial, empty, flat_at)
+    trial, fallback, rescue, _ = lax.while_loop(cond, body, (trial, fallback, rescue, 0))
     use_fallback = ~preferred(*trial) & fallback[3]
     alpha, m, aux = jax.tree.map(lambda a, b: jnp.where(use_fallback, a, b), fallback[:3], trial)
-    return alpha, m, aux, armijo_at(alpha, m)
+    accepted = armijo_at(alpha, m)
+    if flat is not None:
+        use_rescue = ~accepted & rescue[3]
+        alpha, m, aux = jax.tree.map(
+            lambda a, b: jnp.where(use_rescue, a, b), rescue[:3], (alpha, m, aux)
+        )
+        accepted = accepted | use_rescue
+    return alpha, m, aux, accepted

@@ -143,7 +143,7 @@ class LinearSolver:
             matvec,
             b,
             prepared.solve,
-            transpose_solve=None if symmetric else prepared.transpose_solve,
+            transpose_solve=prepared.transpose_solve,
             symmetric=symmetric,
         )
 
@@ -209,7 +209,18 @@ class Dense(LinearSolver):
             d = a[0, 0]
             if self.method == "cholesky":
                 d = jnp.where(d > 0, d, jnp.nan)  # not positive definite: NaN, as cho_factor
-            return Prepared(lambda _, b: b / d, lambda _, b: b / d)
+
+            def make(transposed):
+                def divide(_, b):
+                    # 0 x = 0 has the minimum-norm solution 0; 0 x = b != 0 has none: NaN,
+                    # but the pseudo-inverse 0 in reverse mode (minimum_norm_if_singular).
+                    safe = jnp.where(d == 0, 1.0, d)
+                    singular = 0.0 if transposed else jnp.where(b == 0, 0.0, jnp.nan)
+                    return jnp.where(d == 0, singular, b / safe)
+
+                return divide
+
+            return Prepared(make(False), make(True))
         if self.method == "cholesky":
             factor = jax.scipy.linalg.cho_factor(a)
 
@@ -218,10 +229,72 @@ class Dense(LinearSolver):
 
             return Prepared(solve, solve)
         lu = jax.scipy.linalg.lu_factor(a)
-        return Prepared(
-            lambda _, b: jax.scipy.linalg.lu_solve(lu, b),
-            lambda _, b: jax.scipy.linalg.lu_solve(lu, b, trans=1),
-        )
+
+        def make(trans):
+            matrix = a.T if trans else a
+
+            def solve(_, b):
+                x = jax.scipy.linalg.lu_solve(lu, b, trans=trans)
+                return minimum_norm_if_singular(matrix, b, x, require_consistent=not trans)
+
+            return solve
+
+        return Prepared(make(0), make(1))
+
+
+#: A solve ``A x = b`` is accepted when ``|A x - b|_inf`` is within this times
+#: ``|A|_inf |x|_inf + |b|_inf``: far above rounding (``n eps``), far below an error.
+CONSISTENT_RTOL = 1e-8
+
+
+def _consistent(a, b, x):
+    scale = jnp.max(jnp.abs(a)) * max_norm(x) + max_norm(b)
+    finite = jnp.all(jnp.isfinite(x))
+    return finite & (max_norm(a @ jnp.where(finite, x, 0.0) - b) <= CONSISTENT_RTOL * scale)
+
+
+def only_if(pred, fn, default):
+    """``fn()`` where ``pred``, else ``default``; ``fn`` runs only if some element needs it.
+
+    A ``lax.cond`` on a batched predicate becomes a ``select`` under ``vmap`` that runs
+    both branches for every element. A ``while_loop`` of at most one pass runs its body
+    only while some element's predicate holds, so a rare, costly fallback (an SVD) costs
+    nothing when no element of the batch needs it.
+    """
+
+    def body(carry):
+        return jnp.array(True), fn()
+
+    return lax.while_loop(lambda c: ~c[0], body, (~pred, default))[1]
+
+
+def minimum_norm_if_singular(a, b, x, *, require_consistent=True):
+    """``x`` if it solves ``a x = b``; else the minimum-norm solution, NaN if none.
+
+    ``x`` comes from a factorisation of ``a``, which gives ``inf``/``NaN`` (a zero pivot)
+    or garbage when ``a`` is singular. At a minimum with a flat direction (a dead ReLU
+    unit, a parameter the objective ignores) the tangent system is singular but
+    consistent: the determined components of the derivative are well defined and the
+    rest are not. Then the minimum-norm least-squares solution (SVD, as Lineax's
+    ``AutoLinearSolver(well_posed=False)``) gives the determined components exactly and
+    zero in the null space. If the system is inconsistent (``b`` outside the range of
+    ``a``: the derivative does not exist, as at a double root) the result is NaN, never
+    a finite wrong number.
+
+    The transposed solve of reverse mode passes ``require_consistent=False``: its
+    right-hand side (a cotangent of ``y``) legitimately has components in the null
+    space, those of the undetermined components of ``y``, and the pseudo-inverse gives
+    them zero cotangent, the transpose of the forward rule above (Lineax does the same).
+    """
+    ok = _consistent(a, b, x)
+
+    def least_squares():
+        z = jnp.linalg.lstsq(a, b)[0]
+        if not require_consistent:
+            return z
+        return jnp.where(_consistent(a, b, z), z, jnp.nan)
+
+    return only_if(~ok, least_squares, x)
 
 
 def _resolve_tol(rtol, atol, dtype):

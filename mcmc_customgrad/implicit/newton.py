@@ -9,9 +9,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._base import (
+    STALL_NEWTON,
     Problem,
     Solver,
     SolverResult,
+    Status,
+    Tracker,
     converged_within,
     max_norm,
     residual_scale,
@@ -90,8 +93,11 @@ class Newton(Solver):
     atol: float | None = None
     max_steps: int = 100
     linear_solver: LinearSolver | None = None
+    fallback: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.fallback, bool):
+            raise TypeError(f"Newton: fallback must be True or False, got {self.fallback!r}.")
         validate_tolerance(self.rtol, "rtol", "Newton")
         validate_tolerance(self.atol, "atol", "Newton")
         validate_positive_int(self.max_steps, "max_steps", "Newton")
@@ -112,11 +118,36 @@ class Newton(Solver):
         rtol, atol = self.tolerances(problem.dtype)
         if not self.dense_steps:
             self.linear_solver.check(problem.symmetric)
-            run = _newton_min_operator if problem.kind == "argmin" else _newton_root_operator
-            return run(problem, y0, params, rtol, atol, self.max_steps, self.linear_solver)
+            if problem.kind == "argmin":
+                res = _newton_min_operator(
+                    problem, y0, params, rtol, atol, self.max_steps, self.linear_solver
+                )
+                return self._fall_back(problem, res, params) if self.fallback else res
+            return _newton_root_operator(
+                problem, y0, params, rtol, atol, self.max_steps, self.linear_solver
+            )
         if problem.kind == "argmin":
-            return _newton_min(problem, y0, params, rtol, atol, self.max_steps)
+            res = _newton_min(problem, y0, params, rtol, atol, self.max_steps)
+            return self._fall_back(problem, res, params) if self.fallback else res
         return _newton_root(problem, y0, params, rtol, atol, self.max_steps)
+
+    def _fall_back(self, problem, res, params):
+        """Continue a minimisation Newton could not finish with BFGS (L-BFGS when sparse).
+
+        Runs only for the elements Newton left unconverged with a finite iterate: the
+        quasi-Newton loop starts with its step counter spent for the others, so under
+        ``vmap`` it costs one evaluation for them and nothing when every element
+        converged.
+        """
+        from .quasi_newton import BFGS, LBFGS
+
+        second = (BFGS if self.dense_steps else LBFGS)(rtol=self.rtol, atol=self.atol)
+        active = ~res.converged & jnp.all(jnp.isfinite(res.y))
+        if res.status is not None:
+            active = active & (res.status != Status.NONFINITE)
+        more = second.run(problem, res.y, params, active=active)
+        merged = jax.tree.map(lambda a, b: jnp.where(active, a, b), more, res)
+        return merged._replace(num_steps=res.num_steps + jnp.where(active, more.num_steps, 0))
 
 
 #: Up to this many unknowns the damped Newton system is solved by Gauss-Jordan elimination
@@ -172,7 +203,7 @@ def _lam_update(lam, alpha):
     return jnp.clip(jnp.where(alpha == 1.0, 0.25 * lam, 4.0 * lam), 1e-6, 1e6)
 
 
-def _newton_loop(direction, backtrack_at, done, finite, state0, max_steps, rtol, atol):
+def _newton_loop(direction, backtrack_at, done, finite, parts, state0, max_steps, rtol, atol):
     """The Newton iteration shared by minima and roots.
 
     Each pass computes the step at the current point first (``direction``), then decides
@@ -183,7 +214,12 @@ def _newton_loop(direction, backtrack_at, done, finite, state0, max_steps, rtol,
     a residual fallen by ``rtol`` from the start, or a small full step just taken) ends
     the loop at once, which is how most solves end. ``state0 = (y, aux)`` with ``aux``
     what ``direction``, ``backtrack_at`` and ``finite`` need (the value and gradient, or
-    the residual).
+    the residual); ``parts(aux) -> (merit, residual)``. The loop also stops after
+    ``STALL_NEWTON`` passes without progress (:class:`~._base.Tracker`).
+
+    Returns ``(y, aux, num_steps, ok, tracker, delta)``: ``delta`` is the estimate of
+    ``y - y*`` at the returned ``y`` (the step there, the last full step when that was
+    small, else ``inf``) for the error estimate.
     """
     y0, aux0 = state0
     no_step = jnp.asarray(jnp.inf, y0.dtype)
@@ -195,11 +231,12 @@ def _newton_loop(direction, backtrack_at, done, finite, state0, max_steps, rtol,
         return done(y, aux, no_step, small)
 
     def cond(state):
-        y, aux, _lam, _k, small, _ok, stop = state
-        return ~stop & finite(aux) & ~settled(y, aux, small)
+        y, aux, _lam, _k, small, _ok, stop, tracker, _delta = state
+        going = ~stop & ~tracker.stagnated(STALL_NEWTON)
+        return going & finite(aux) & ~settled(y, aux, small)
 
     def body(state):
-        y, aux, lam, k, small, _, _ = state
+        y, aux, lam, k, small, _, _, tracker, _ = state
         p, slope, light, delta = direction(y, aux, lam)
         ok = done(y, aux, delta, small)
         stop = ok | (k >= max_steps)
@@ -214,13 +251,35 @@ def _newton_loop(direction, backtrack_at, done, finite, state0, max_steps, rtol,
         small = accepted & light & (alpha == 1.0)
         small = small & (max_norm(p) <= atol + rtol * max_norm(y_new))
         lam = jnp.where(stop, lam, _lam_update(lam, alpha))
-        return y_new, aux_new, lam, jnp.where(stop, k, k + 1), small, ok, stop
+        merit_new, r_new = parts(aux_new)
+        # The pass that stops takes no step and is not counted against progress.
+        moved = tracker.update(accepted, parts(aux)[1], r_new, y_new - y, merit_new)
+        tracker = jax.tree.map(lambda a, b: jnp.where(stop, a, b), tracker, moved)
+        delta_here = jnp.where(stop, delta, jnp.where(small, max_norm(alpha * p), no_step))
+        return y_new, aux_new, lam, jnp.where(stop, k, k + 1), small, ok, stop, tracker, delta_here
 
     one = jnp.ones((), y0.dtype)
     false = jnp.array(False)
-    state = (y0, aux0, one, 0, false, false, false)
-    y, aux, _, k, small, ok, _ = lax.while_loop(cond, body, state)
-    return y, aux, k, (ok | settled(y, aux, small)) & finite(aux)
+    merit0, r0 = parts(aux0)
+    state = (y0, aux0, one, 0, false, false, false, Tracker.start(r0, merit0), no_step)
+    y, aux, _, k, small, ok, _, tracker, delta = lax.while_loop(cond, body, state)
+    ok = (ok | settled(y, aux, small)) & finite(aux)
+    return y, aux, k, ok, tracker, delta
+
+
+def _finish(y, aux, k, ok, tracker, delta, *, parts, rtol, atol, finite):
+    """The :class:`SolverResult` of a Newton loop (status and error estimate)."""
+    return tracker.result(
+        y,
+        ok,
+        k,
+        parts(aux)[1],
+        rtol=rtol,
+        atol=atol,
+        window=STALL_NEWTON,
+        delta=delta,
+        finite=finite(aux),
+    )
 
 
 def _newton_min(problem, y0, params, rtol, atol, max_steps):
@@ -259,7 +318,13 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
         fy, g = aux
         gnorm = jnp.linalg.norm(g)
         alpha, f_new, g_new, accepted = backtrack(
-            value_and_grad, y, fy, p, slope, prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm
+            value_and_grad,
+            y,
+            fy,
+            p,
+            slope,
+            prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm,
+            flat=lambda g_t: jnp.linalg.norm(g_t) < gnorm,
         )
         return alpha, (f_new, g_new), accepted
 
@@ -277,10 +342,13 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
         fy, g = aux
         return jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
 
-    y, (_, g), k, ok = _newton_loop(
-        direction, backtrack_at, done, finite, (y0, (f0, g0)), max_steps, rtol, atol
+    def parts(aux):
+        return aux[0], aux[1]
+
+    out = _newton_loop(
+        direction, backtrack_at, done, finite, parts, (y0, (f0, g0)), max_steps, rtol, atol
     )
-    return SolverResult(y, ok, k, max_norm(g))
+    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
 
 def _newton_root(problem, y0, params, rtol, atol, max_steps):
@@ -350,10 +418,13 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
     def finite(r):
         return jnp.all(jnp.isfinite(r))
 
-    y, r, k, ok = _newton_loop(
-        direction, backtrack_at, done, finite, (y0, r0), max_steps, rtol, atol
+    def parts(r):
+        return 0.5 * jnp.vdot(r, r), r
+
+    out = _newton_loop(
+        direction, backtrack_at, done, finite, parts, (y0, r0), max_steps, rtol, atol
     )
-    return SolverResult(y, ok, k, max_norm(r))
+    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
 
 # ------------------------------------------------------------------ operator (pluggable) path
@@ -435,11 +506,15 @@ def _newton_root_operator(problem, y0, params, rtol, atol, max_steps, linear_sol
     def finite(aux):
         return jnp.all(jnp.isfinite(aux[0]))
 
+    def parts(aux):
+        r = aux[0]
+        return 0.5 * jnp.vdot(r, r), r
+
     eta0 = jnp.asarray(ETA_0, dtype)
-    y, (r, _), k, ok = _newton_loop(
-        direction, backtrack_at, done, finite, (y0, (r0, eta0)), max_steps, rtol, atol
+    out = _newton_loop(
+        direction, backtrack_at, done, finite, parts, (y0, (r0, eta0)), max_steps, rtol, atol
     )
-    return SolverResult(y, ok, k, max_norm(r))
+    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
 
 def _newton_min_operator(problem, y0, params, rtol, atol, max_steps, linear_solver):
@@ -483,7 +558,13 @@ def _newton_min_operator(problem, y0, params, rtol, atol, max_steps, linear_solv
         fy, g, eta = aux
         gnorm = jnp.linalg.norm(g)
         alpha, f_new, g_new, accepted = backtrack(
-            value_and_grad, y, fy, p, slope, prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm
+            value_and_grad,
+            y,
+            fy,
+            p,
+            slope,
+            prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm,
+            flat=lambda g_t: jnp.linalg.norm(g_t) < gnorm,
         )
         eta_new = _forcing(eta, jnp.linalg.norm(g_new), gnorm)
         return alpha, (f_new, g_new, eta_new), accepted
@@ -502,8 +583,19 @@ def _newton_min_operator(problem, y0, params, rtol, atol, max_steps, linear_solv
         fy, g, _ = aux
         return jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
 
+    def parts(aux):
+        return aux[0], aux[1]
+
     eta0 = jnp.asarray(ETA_0, dtype)
-    y, (_, g, _), k, ok = _newton_loop(
-        direction, backtrack_at, done, finite, (y0, (f0, g0, eta0)), max_steps, rtol, atol
+    out = _newton_loop(
+        direction,
+        backtrack_at,
+        done,
+        finite,
+        parts,
+        (y0, (f0, g0, eta0)),
+        max_steps,
+        rtol,
+        atol,
     )
-    return SolverResult(y, ok, k, max_norm(g))
+    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)

@@ -9,9 +9,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._base import (
+    STALL_QUASI_NEWTON,
     Problem,
     Solver,
     SolverResult,
+    Tracker,
     converged_within,
     max_norm,
     validate_positive_int,
@@ -57,6 +59,38 @@ def _convergence_test(rtol, atol, g0_norm):
     return done
 
 
+def _gradient_decreased(g):
+    # The line search's rescue where the objective is flat to rounding: accept a step
+    # that reduces the gradient norm (see backtrack).
+    gnorm = jnp.linalg.norm(g)
+    return lambda g_t: jnp.linalg.norm(g_t) < gnorm
+
+
+def _skip_if_inactive(state, active, max_steps, *, k_index):
+    # An inactive start (a Newton fallback not needed for this element) begins with its
+    # step counter at max_steps, so the loop does nothing for it, even under vmap.
+    if active is None:
+        return state
+    k = jnp.where(active, state[k_index], max_steps)
+    return (*state[:k_index], k, *state[k_index + 1 :])
+
+
+def _result(done, rtol, atol, y, fy, g, p, informed, k, tracker):
+    delta = jnp.where(informed & jnp.all(jnp.isfinite(p)), max_norm(p), jnp.inf)
+    ok = done(y, fy, g, p, informed) & jnp.isfinite(fy)
+    return tracker.result(
+        y,
+        ok,
+        k,
+        g,
+        rtol=rtol,
+        atol=atol,
+        window=STALL_QUASI_NEWTON,
+        delta=delta,
+        finite=jnp.isfinite(fy),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class BFGS(Solver):
     """Dense BFGS (inverse-Hessian form) for minima; ``O(n^2)`` per step.
@@ -95,8 +129,8 @@ class BFGS(Solver):
     def __post_init__(self):
         _validate(self, "BFGS")
 
-    def run(self, problem: Problem, y0, params) -> SolverResult:
-        """Minimise from ``y0``."""
+    def run(self, problem: Problem, y0, params, active=None) -> SolverResult:
+        """Minimise from ``y0``; ``active=False`` returns ``y0`` unsolved (a fallback's skip)."""
         rtol, atol = self.tolerances(problem.dtype)
 
         def f(y):
@@ -109,19 +143,22 @@ class BFGS(Solver):
         done = _convergence_test(rtol, atol, max_norm(g0))
 
         def cond(state):
-            y, fy, g, _, p, informed, k = state
+            y, fy, g, _, p, informed, k, tracker = state
             finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
-            return (k < self.max_steps) & ~done(y, fy, g, p, informed) & finite
+            going = (k < self.max_steps) & ~tracker.stagnated(STALL_QUASI_NEWTON)
+            return going & ~done(y, fy, g, p, informed) & finite
 
         def body(state):
-            y, fy, g, hinv, p, informed, k = state
+            y, fy, g, hinv, p, informed, k, tracker = state
             slope = jnp.vdot(g, p)
             descent = jnp.all(jnp.isfinite(p)) & (slope < 0)
             # Not a descent direction: restart from a scaled identity.
             hinv = jnp.where(descent, hinv, _initial_scale(g) * eye)
             p = jnp.where(descent, p, -hinv @ g)
             slope = jnp.where(descent, slope, jnp.vdot(g, p))
-            alpha, f_new, g_new, accepted = backtrack(value_and_grad, y, fy, p, slope)
+            alpha, f_new, g_new, accepted = backtrack(
+                value_and_grad, y, fy, p, slope, flat=_gradient_decreased(g)
+            )
             y_new = jnp.where(accepted, y + alpha * p, y)
             f_new, g_new = jnp.where(accepted, f_new, fy), jnp.where(accepted, g_new, g)
             s, yv = y_new - y, g_new - g
@@ -141,13 +178,14 @@ class BFGS(Solver):
             hinv = jnp.where(good, hinv_new, hinv)
             # The next step, computed here so that the convergence test at y_new sees it.
             p_new = -hinv @ g_new
-            return y_new, f_new, g_new, hinv, p_new, informed | good, k + 1
+            tracker = tracker.update(accepted, g, g_new, s, f_new)
+            return y_new, f_new, g_new, hinv, p_new, informed | good, k + 1, tracker
 
         hinv0 = _initial_scale(g0) * eye
-        state = (y0, f0, g0, hinv0, -hinv0 @ g0, jnp.array(False), 0)
-        y, fy, g, _, p, informed, k = lax.while_loop(cond, body, state)
-        ok = done(y, fy, g, p, informed) & jnp.isfinite(fy)
-        return SolverResult(y, ok, k, max_norm(g))
+        start = (y0, f0, g0, hinv0, -hinv0 @ g0, jnp.array(False), 0, Tracker.start(g0, f0))
+        state = _skip_if_inactive(start, active, self.max_steps, k_index=6)
+        y, fy, g, _, p, informed, k, tracker = lax.while_loop(cond, body, state)
+        return _result(done, rtol, atol, y, fy, g, p, informed, k, tracker)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +229,8 @@ class LBFGS(Solver):
         _validate(self, "LBFGS")
         validate_positive_int(self.memory, "memory", "LBFGS")
 
-    def run(self, problem: Problem, y0, params) -> SolverResult:
-        """Minimise from ``y0``."""
+    def run(self, problem: Problem, y0, params, active=None) -> SolverResult:
+        """Minimise from ``y0``; ``active=False`` returns ``y0`` unsolved (a fallback's skip)."""
         rtol, atol = self.tolerances(problem.dtype)
         m = self.memory
 
@@ -225,19 +263,22 @@ class LBFGS(Solver):
             return -lax.fori_loop(0, m, second, gamma * q)
 
         def cond(state):
-            y, fy, g, p, informed, k = (state[i] for i in (0, 1, 2, 8, 9, 10))
+            y, fy, g, p, informed, k, tracker = (state[i] for i in (0, 1, 2, 8, 9, 10, 11))
             finite = jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
-            return (k < self.max_steps) & ~done(y, fy, g, p, informed) & finite
+            going = (k < self.max_steps) & ~tracker.stagnated(STALL_QUASI_NEWTON)
+            return going & ~done(y, fy, g, p, informed) & finite
 
         def body(state):
-            y, fy, g, s_hist, y_hist, rho, count, gamma, p, informed, k = state
+            y, fy, g, s_hist, y_hist, rho, count, gamma, p, informed, k, tracker = state
             slope = jnp.vdot(g, p)
             descent = jnp.all(jnp.isfinite(p)) & (slope < 0)
             p_restart = -_initial_scale(g) * g
             p = jnp.where(descent, p, p_restart)
             slope = jnp.where(descent, slope, jnp.vdot(g, p_restart))
             count = jnp.where(descent, count, 0)
-            alpha, f_new, g_new, accepted = backtrack(value_and_grad, y, fy, p, slope)
+            alpha, f_new, g_new, accepted = backtrack(
+                value_and_grad, y, fy, p, slope, flat=_gradient_decreased(g)
+            )
             y_new = jnp.where(accepted, y + alpha * p, y)
             f_new, g_new = jnp.where(accepted, f_new, fy), jnp.where(accepted, g_new, g)
             s, yv = y_new - y, g_new - g
@@ -253,7 +294,21 @@ class LBFGS(Solver):
             # The next step, computed here so that the convergence test at y_new sees it.
             p_new = direction(g_new, s_hist, y_hist, rho, count, gamma)
             informed = informed | good
-            return y_new, f_new, g_new, s_hist, y_hist, rho, count, gamma, p_new, informed, k + 1
+            tracker = tracker.update(accepted, g, g_new, s, f_new)
+            return (
+                y_new,
+                f_new,
+                g_new,
+                s_hist,
+                y_hist,
+                rho,
+                count,
+                gamma,
+                p_new,
+                informed,
+                k + 1,
+                tracker,
+            )
 
         zeros = jnp.zeros((m, n), y0.dtype)
         gamma0 = _initial_scale(g0)
@@ -269,8 +324,9 @@ class LBFGS(Solver):
             -gamma0 * g0,
             jnp.array(False),
             0,
+            Tracker.start(g0, f0),
         )
+        state = _skip_if_inactive(state, active, self.max_steps, k_index=10)
         final = lax.while_loop(cond, body, state)
-        y, fy, g, p, informed, k = (final[i] for i in (0, 1, 2, 8, 9, 10))
-        ok = done(y, fy, g, p, informed) & jnp.isfinite(fy)
-        return SolverResult(y, ok, k, max_norm(g))
+        y, fy, g, p, informed, k, tracker = (final[i] for i in (0, 1, 2, 8, 9, 10, 11))
+        return _result(done, rtol, atol, y, fy, g, p, informed, k, tracker)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._precision import float32_hint, warn_if_float32
-from ._base import KINDS, Problem, SolverError, SolverInfo
+from ._base import KINDS, Problem, SolverError, SolverInfo, Status, status_of
 from ._sparsity import detect_structure
 from .linear import resolve_linear_solver
 from .solvers import resolve_solver
@@ -260,14 +260,30 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
     def core(y0, params):
         res = solver.run(problem, y0, params)
         y = jnp.asarray(res.y, problem.dtype)
-        ok = jnp.asarray(res.converged, bool) & jnp.all(jnp.isfinite(y))
+        residual_norm = jnp.asarray(res.residual_norm, problem.dtype)
+        finite = jnp.all(jnp.isfinite(y))
+        ok = jnp.asarray(res.converged, bool) & finite
+        if res.status is None:  # a solver that gives no reason
+            status = status_of(
+                ok, finite=finite & jnp.isfinite(residual_norm), failure=Status.NOT_CONVERGED
+            )
+        else:
+            status = jnp.asarray(res.status, jnp.int32)
+            # An accepted status with a non-finite y (or a failed one claimed accepted)
+            # is made consistent with `ok`, which is what the result obeys.
+            status = jnp.where(ok | (status > Status.DEGENERATE), status, Status.NONFINITE)
+            status = jnp.where(~ok | (status <= Status.DEGENERATE), status, Status.CONVERGED)
+        error = res.error_estimate
+        error = jnp.full((), jnp.nan, problem.dtype) if error is None else error
         if on_failure != "last":
-            # Failure is data (rule 5): a NaN value makes the density reject the proposal.
+            # Failure is data: a NaN value makes the density reject the proposal.
             y = jnp.where(ok, y, jnp.nan)
         info = SolverInfo(
             converged=ok,
             num_steps=jnp.asarray(res.num_steps, jnp.int32),
-            residual_norm=jnp.asarray(res.residual_norm, problem.dtype),
+            residual_norm=residual_norm,
+            status=status.astype(jnp.int32),
+            error_estimate=jnp.asarray(error, problem.dtype),
         )
         return y, info
 
@@ -316,17 +332,20 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
 # ------------------------------------------------------------------------ public helpers
 
 
-def _raise_if_failed(where, solver_repr, converged, residual_norm, num_steps):
+def _raise_if_failed(where, solver_repr, converged, residual_norm, num_steps, status):
     # Called with concrete values: eagerly, or from a host callback (once per element
     # under vmap).
+    converged, status = np.asarray(converged), np.asarray(status)
     if bool(np.all(converged)):
         return
+    reasons = sorted({int(s) for s in np.ravel(status[~converged])})
+    why = " ".join(Status.describe(s) for s in reasons)
     raise SolverError(
         f"{where} did not converge: residual norm {float(np.max(residual_norm)):.3e} after "
-        f"{int(np.max(num_steps))} steps of {solver_repr}. Try a start y0 nearer the "
-        "solution, a larger max_steps, or another solver. A looser rtol/atol also makes it "
-        "converge, but then the value is exact only to that tolerance, and an inexact value "
-        "biases the posterior (an inexact gradient only slows HMC down); "
+        f"{int(np.max(num_steps))} steps of {solver_repr}. {why} Try a start y0 nearer "
+        "the solution, a larger max_steps, or another solver. A looser rtol/atol also "
+        "makes it converge, but then the value is exact only to that tolerance, and an "
+        "inexact value biases the posterior (an inexact gradient only slows HMC down); "
         "on_failure='nan' (the default) returns NaN instead so that a sampler rejects "
         f"the proposal.{float32_hint()}"
     )
@@ -337,10 +356,11 @@ def finish(where: str, solver, info: SolverInfo, on_failure: str) -> None:
     if on_failure != "raise":
         return
     check = partial(_raise_if_failed, where, repr(solver))
+    fields = (info.converged, info.residual_norm, info.num_steps, info.status)
     if isinstance(info.converged, jax.core.Tracer):
-        jax.debug.callback(check, info.converged, info.residual_norm, info.num_steps)
+        jax.debug.callback(check, *fields)
     else:
-        check(info.converged, info.residual_norm, info.num_steps)
+        check(*fields)
 
 
 def warn_float32(where: str, stacklevel: int) -> None:

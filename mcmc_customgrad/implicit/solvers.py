@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._base import Solver, SolverInfo
+from ._base import Solver, SolverInfo, Status
 from .anderson import Anderson, FixedPointIteration
 from .custom import Custom
 from .host import Host, scipy_minimize, scipy_root
@@ -51,6 +51,7 @@ from .scalar import Chandrupatla
 __all__ = [
     "Solver",
     "SolverInfo",
+    "Status",
     "Newton",
     "BFGS",
     "LBFGS",
