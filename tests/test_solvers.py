@@ -164,7 +164,7 @@ def test_defaults_switch_with_size():
     assert mcg.solvers.default_solver("argmin", limit + 1) == mcg.solvers.LBFGS()
     assert mcg.solvers.default_solver("argmin", 2, second_order=False) == mcg.solvers.LBFGS()
     assert mcg.solvers.default_solver("argmin", 10_000) == mcg.solvers.LBFGS()
-    assert mcg.solvers.default_solver("fixed_point", 500) == mcg.solvers.Newton()
+    assert mcg.solvers.default_solver("fixed_point", 500) == mcg.solvers.IterateThenNewton()
     assert mcg.solvers.default_solver("fixed_point", 501) == mcg.solvers.Anderson()
     assert mcg.solvers.default_solver("root", 10_000) == mcg.solvers.Newton()
 

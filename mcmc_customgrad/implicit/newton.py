@@ -113,8 +113,15 @@ class Newton(Solver):
         """True when the steps use the built-in dense factorisations."""
         return self.linear_solver is None or isinstance(self.linear_solver, Dense)
 
-    def run(self, problem: Problem, y0, params) -> SolverResult:
-        """Solve ``problem`` from ``y0``."""
+    def run(self, problem: Problem, y0, params, active=None) -> SolverResult:
+        """Solve ``problem`` from ``y0``.
+
+        ``active`` (a bool array, roots and fixed points only) marks the elements that
+        need solving; the others are returned unsolved, at no cost under ``vmap``
+        (a hybrid solver's Newton stage).
+        """
+        if active is not None and problem.kind == "argmin":
+            raise ValueError("Newton: active= is for roots and fixed points.")
         rtol, atol = self.tolerances(problem.dtype)
         if not self.dense_steps:
             self.linear_solver.check(problem.symmetric)
@@ -124,12 +131,12 @@ class Newton(Solver):
                 )
                 return self._fall_back(problem, res, params) if self.fallback else res
             return _newton_root_operator(
-                problem, y0, params, rtol, atol, self.max_steps, self.linear_solver
+                problem, y0, params, rtol, atol, self.max_steps, self.linear_solver, active
             )
         if problem.kind == "argmin":
             res = _newton_min(problem, y0, params, rtol, atol, self.max_steps)
             return self._fall_back(problem, res, params) if self.fallback else res
-        return _newton_root(problem, y0, params, rtol, atol, self.max_steps)
+        return _newton_root(problem, y0, params, rtol, atol, self.max_steps, active)
 
     def _fall_back(self, problem, res, params):
         """Continue a minimisation Newton could not finish with BFGS (L-BFGS when sparse).
@@ -203,7 +210,9 @@ def _lam_update(lam, alpha):
     return jnp.clip(jnp.where(alpha == 1.0, 0.25 * lam, 4.0 * lam), 1e-6, 1e6)
 
 
-def _newton_loop(direction, backtrack_at, done, finite, parts, state0, max_steps, rtol, atol):
+def _newton_loop(
+    direction, backtrack_at, done, finite, parts, state0, max_steps, rtol, atol, active=None
+):
     """The Newton iteration shared by minima and roots.
 
     Each pass computes the step at the current point first (``direction``), then decides
@@ -261,7 +270,9 @@ def _newton_loop(direction, backtrack_at, done, finite, parts, state0, max_steps
     one = jnp.ones((), y0.dtype)
     false = jnp.array(False)
     merit0, r0 = parts(aux0)
-    state = (y0, aux0, one, 0, false, false, false, Tracker.start(r0, merit0), no_step)
+    # An inactive element (a hybrid solver's Newton stage it does not need) starts stopped.
+    stop0 = false if active is None else ~active
+    state = (y0, aux0, one, 0, false, false, stop0, Tracker.start(r0, merit0), no_step)
     y, aux, _, k, small, ok, _, tracker, delta = lax.while_loop(cond, body, state)
     ok = (ok | settled(y, aux, small)) & finite(aux)
     return y, aux, k, ok, tracker, delta
@@ -351,7 +362,7 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
     return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
 
-def _newton_root(problem, y0, params, rtol, atol, max_steps):
+def _newton_root(problem, y0, params, rtol, atol, max_steps, active=None):
     def F(y):
         return problem.residual(y, params)
 
@@ -422,7 +433,7 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps):
         return 0.5 * jnp.vdot(r, r), r
 
     out = _newton_loop(
-        direction, backtrack_at, done, finite, parts, (y0, r0), max_steps, rtol, atol
+        direction, backtrack_at, done, finite, parts, (y0, r0), max_steps, rtol, atol, active
     )
     return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
@@ -450,7 +461,9 @@ def _cauchy_step(g, curvature):
     return -jnp.where(t > 0, t, unit) * g
 
 
-def _newton_root_operator(problem, y0, params, rtol, atol, max_steps, linear_solver):
+def _newton_root_operator(
+    problem, y0, params, rtol, atol, max_steps, linear_solver, active=None
+):
     n, dtype = problem.n, problem.dtype
 
     def F(y):
@@ -512,7 +525,16 @@ def _newton_root_operator(problem, y0, params, rtol, atol, max_steps, linear_sol
 
     eta0 = jnp.asarray(ETA_0, dtype)
     out = _newton_loop(
-        direction, backtrack_at, done, finite, parts, (y0, (r0, eta0)), max_steps, rtol, atol
+        direction,
+        backtrack_at,
+        done,
+        finite,
+        parts,
+        (y0, (r0, eta0)),
+        max_steps,
+        rtol,
+        atol,
+        active,
     )
     return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
 

@@ -1,37 +1,40 @@
 """Forward solvers: small frozen (hashable) configurations.
 
-=====================  =============================  =====================================
-solver                 problems                        use it for
-=====================  =============================  =====================================
-``Newton``             root, fixed_point, argmin       roots (default), small fixed points
-                                                       (default up to 500 unknowns), small
-                                                       minima (default up to 32 unknowns)
-``BFGS``               argmin                          moderate size, no Hessian
-``LBFGS``              argmin                          minima (default above 32 unknowns,
+=======================  ===========================  =====================================
+solver                   problems                      use it for
+=======================  ===========================  =====================================
+``Newton``               root, fixed_point, argmin     roots (default), small minima
+                                                       (default up to 32 unknowns; BFGS
+                                                       finishes what it cannot)
+``BFGS``                 argmin                        moderate size, no Hessian
+``LBFGS``                argmin                        minima (default above 32 unknowns,
                                                        or without second derivatives)
-``FixedPointIteration`` fixed_point                    contractions, Newton-type maps
-``Anderson``           fixed_point                     large fixed points (default above 500)
-``Chandrupatla``       root, fixed_point (element-     scalar equations with a bracket
-                       wise)
-``Custom(fn)``         any                             your own JAX solver (a plain callable
+``IterateThenNewton``    fixed_point                   fixed points (default up to 500
+                                                       unknowns): iteration, then Newton
+                                                       where it is slow
+``FixedPointIteration``  fixed_point                   contractions, Newton-type maps
+``Anderson``             fixed_point                   large fixed points (default above 500)
+``Chandrupatla``         root, fixed_point (element-   scalar equations with a bracket
+                         wise)
+``Custom(fn)``           any                           your own JAX solver (a plain callable
                                                        is wrapped automatically)
-``Host``, ``scipy_*``  any                             solvers that run on the host (SciPy)
-=====================  =============================  =====================================
+``Host``, ``scipy_*``    any                           solvers that run on the host (SciPy)
+=======================  ===========================  =====================================
 
 Every solver's answer is accepted only within its tolerance (``1e-10`` in float64 by
 default): the residual must be within it *and* ``y`` must be known to it (a small step
 estimate, or a residual fallen by ``rtol`` from the start; see
 :func:`~mcmc_customgrad.implicit._base.converged_within`), so a residual that is small
 only because the function is small is not accepted. Otherwise the result is NaN and
-``info.converged`` is False.
+``info.converged`` is False; ``info.status`` (:class:`Status`) says why.
 
 Examples
 --------
 >>> import mcmc_customgrad as mcg
 >>> mcg.solvers.Newton(max_steps=50)
-Newton(rtol=None, atol=None, max_steps=50, linear_solver=None)
+Newton(rtol=None, atol=None, max_steps=50, linear_solver=None, fallback=True)
 >>> mcg.solvers.default_solver("argmin", n=10)
-Newton(rtol=None, atol=None, max_steps=100, linear_solver=None)
+Newton(rtol=None, atol=None, max_steps=100, linear_solver=None, fallback=True)
 >>> mcg.solvers.default_solver("argmin", n=100)
 LBFGS(rtol=None, atol=None, max_steps=2000, memory=10)
 """
@@ -41,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 
 from ._base import Solver, SolverInfo, Status
-from .anderson import Anderson, FixedPointIteration
+from .anderson import Anderson, FixedPointIteration, IterateThenNewton
 from .custom import Custom
 from .host import Host, scipy_minimize, scipy_root
 from .newton import Newton
@@ -57,6 +60,7 @@ __all__ = [
     "LBFGS",
     "FixedPointIteration",
     "Anderson",
+    "IterateThenNewton",
     "Chandrupatla",
     "Custom",
     "Host",
@@ -68,7 +72,7 @@ __all__ = [
     "ARGMIN_NEWTON_LIMIT",
 ]
 
-#: Up to this many unknowns the default for fixed points is Newton.
+#: Up to this many unknowns the default for fixed points is IterateThenNewton.
 NEWTON_LIMIT = 500
 
 
@@ -87,22 +91,23 @@ def default_solver(kind: str, n: int, *, second_order: bool = True) -> Solver:
     ``docs/benchmarks.md``). ``second_order=False`` (an objective JAX cannot
     differentiate twice, such as one calling a ``custom_vjp`` function whose backward
     pass runs a host callback) always gives L-BFGS, which needs gradients only; the library checks
-    this itself when ``solver=None``. For fixed points Newton up to ``NEWTON_LIMIT``
-    unknowns and Anderson above.
+    this itself when ``solver=None``. For fixed points :class:`IterateThenNewton` up to
+    ``NEWTON_LIMIT`` unknowns (plain iteration while the map contracts fast, Newton
+    where it does not) and Anderson above.
 
     Examples
     --------
     >>> import mcmc_customgrad as mcg
     >>> mcg.solvers.default_solver("root", n=3)
-    Newton(rtol=None, atol=None, max_steps=100, linear_solver=None)
+    Newton(rtol=None, atol=None, max_steps=100, linear_solver=None, fallback=True)
     >>> mcg.solvers.default_solver("argmin", n=3, second_order=False)
     LBFGS(rtol=None, atol=None, max_steps=2000, memory=10)
     """
     if kind == "argmin":
         return Newton() if n <= ARGMIN_NEWTON_LIMIT and second_order else LBFGS()
-    if kind == "root" or n <= NEWTON_LIMIT:
+    if kind == "root":
         return Newton()
-    return Anderson()
+    return IterateThenNewton() if n <= NEWTON_LIMIT else Anderson()
 
 
 def resolve_solver(
@@ -143,6 +148,8 @@ def resolve_solver(
             solver = Newton()
         if isinstance(solver, Newton):
             solver = newton_steps(solver)
+        elif isinstance(solver, IterateThenNewton):
+            solver = dataclasses.replace(solver, newton=newton_steps(solver.second_stage))
     if isinstance(solver, type) and issubclass(solver, Solver):
         raise TypeError(
             f"{where}: solver must be an instance, e.g. {solver.__name__}(), not the class."
