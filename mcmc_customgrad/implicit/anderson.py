@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -12,6 +11,7 @@ from ._base import (
     Problem,
     Solver,
     SolverResult,
+    continue_where,
     converged_within,
     max_norm,
     status_of,
@@ -290,8 +290,10 @@ class IterateThenNewton(Solver):
         validate_tolerance(self.atol, "atol", "IterateThenNewton")
         validate_positive_int(self.max_steps, "max_steps", "IterateThenNewton")
         validate_positive_int(self.patience, "patience", "IterateThenNewton")
-        if isinstance(self.rate, bool) or not isinstance(self.rate, int | float) or not (
-            0 < self.rate < 1
+        if (
+            isinstance(self.rate, bool)
+            or not isinstance(self.rate, int | float)
+            or not (0 < self.rate < 1)
         ):
             raise ValueError(f"IterateThenNewton: rate must be in (0, 1), got {self.rate!r}.")
         if self.newton is not None and not isinstance(self.newton, Newton):
@@ -349,6 +351,6 @@ class IterateThenNewton(Solver):
         first = _result(y, done(state), k, r, y_prev, r_prev, rtol, atol)
         active = ~first.converged
         newton = self.second_stage
-        second = newton.run(problem, best_y, params, active=active)
-        merged = jax.tree.map(lambda a, b: jnp.where(active, a, b), second, first)
-        return merged._replace(num_steps=k + jnp.where(active, second.num_steps, 0))
+        return continue_where(
+            active, first, lambda _: newton.run(problem, best_y, params, active=active)
+        )

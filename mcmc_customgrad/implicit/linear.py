@@ -289,7 +289,12 @@ def minimum_norm_if_singular(a, b, x, *, require_consistent=True):
     ok = _consistent(a, b, x)
 
     def least_squares():
-        z = jnp.linalg.lstsq(a, b)[0]
+        # Singular values below sqrt(eps) of the largest count as zero: an exactly
+        # singular Hessian computed in floating point has "eigenvalues" at its rounding
+        # level (1e-12 of the largest for a ReLU network's dead units), and inverting
+        # those would turn rounding into O(1) garbage, different in forward and reverse.
+        rcond = float(np.sqrt(np.finfo(a.dtype).eps))
+        z = jnp.linalg.lstsq(a, b, rcond=rcond)[0]
         if not require_consistent:
             return z
         return jnp.where(_consistent(a, b, z), z, jnp.nan)

@@ -13,8 +13,8 @@ from ._base import (
     Problem,
     Solver,
     SolverResult,
-    Status,
     Tracker,
+    continue_where,
     converged_within,
     max_norm,
     residual_scale,
@@ -141,20 +141,16 @@ class Newton(Solver):
     def _fall_back(self, problem, res, params):
         """Continue a minimisation Newton could not finish with BFGS (L-BFGS when sparse).
 
-        Runs only for the elements Newton left unconverged with a finite iterate: the
-        quasi-Newton loop starts with its step counter spent for the others, so under
-        ``vmap`` it costs one evaluation for them and nothing when every element
-        converged.
+        Runs only for the elements Newton left unconverged with a finite iterate
+        (:func:`~mcmc_customgrad.implicit._base.continue_where`).
         """
         from .quasi_newton import BFGS, LBFGS
 
         second = (BFGS if self.dense_steps else LBFGS)(rtol=self.rtol, atol=self.atol)
         active = ~res.converged & jnp.all(jnp.isfinite(res.y))
-        if res.status is not None:
-            active = active & (res.status != Status.NONFINITE)
-        more = second.run(problem, res.y, params, active=active)
-        merged = jax.tree.map(lambda a, b: jnp.where(active, a, b), more, res)
-        return merged._replace(num_steps=res.num_steps + jnp.where(active, more.num_steps, 0))
+        return continue_where(
+            active, res, lambda first: second.run(problem, first.y, params, active=active)
+        )
 
 
 #: Up to this many unknowns the damped Newton system is solved by Gauss-Jordan elimination
@@ -262,7 +258,7 @@ def _newton_loop(
         lam = jnp.where(stop, lam, _lam_update(lam, alpha))
         merit_new, r_new = parts(aux_new)
         # The pass that stops takes no step and is not counted against progress.
-        moved = tracker.update(accepted, parts(aux)[1], r_new, y_new - y, merit_new)
+        moved = tracker.update(accepted, max_norm(r_new), max_norm(alpha * p), merit_new)
         tracker = jax.tree.map(lambda a, b: jnp.where(stop, a, b), tracker, moved)
         delta_here = jnp.where(stop, delta, jnp.where(small, max_norm(alpha * p), no_step))
         return y_new, aux_new, lam, jnp.where(stop, k, k + 1), small, ok, stop, tracker, delta_here
@@ -272,7 +268,7 @@ def _newton_loop(
     merit0, r0 = parts(aux0)
     # An inactive element (a hybrid solver's Newton stage it does not need) starts stopped.
     stop0 = false if active is None else ~active
-    state = (y0, aux0, one, 0, false, false, stop0, Tracker.start(r0, merit0), no_step)
+    state = (y0, aux0, one, 0, false, false, stop0, Tracker.start(max_norm(r0), merit0), no_step)
     y, aux, _, k, small, ok, _, tracker, delta = lax.while_loop(cond, body, state)
     ok = (ok | settled(y, aux, small)) & finite(aux)
     return y, aux, k, ok, tracker, delta
@@ -461,9 +457,7 @@ def _cauchy_step(g, curvature):
     return -jnp.where(t > 0, t, unit) * g
 
 
-def _newton_root_operator(
-    problem, y0, params, rtol, atol, max_steps, linear_solver, active=None
-):
+def _newton_root_operator(problem, y0, params, rtol, atol, max_steps, linear_solver, active=None):
     n, dtype = problem.n, problem.dtype
 
     def F(y):

@@ -178,11 +178,12 @@ class BFGS(Solver):
             hinv = jnp.where(good, hinv_new, hinv)
             # The next step, computed here so that the convergence test at y_new sees it.
             p_new = -hinv @ g_new
-            tracker = tracker.update(accepted, g, g_new, s, f_new)
+            tracker = tracker.update(accepted, max_norm(g_new), max_norm(s), f_new)
             return y_new, f_new, g_new, hinv, p_new, informed | good, k + 1, tracker
 
         hinv0 = _initial_scale(g0) * eye
-        start = (y0, f0, g0, hinv0, -hinv0 @ g0, jnp.array(False), 0, Tracker.start(g0, f0))
+        tracker0 = Tracker.start(max_norm(g0), f0)
+        start = (y0, f0, g0, hinv0, -hinv0 @ g0, jnp.array(False), 0, tracker0)
         state = _skip_if_inactive(start, active, self.max_steps, k_index=6)
         y, fy, g, _, p, informed, k, tracker = lax.while_loop(cond, body, state)
         return _result(done, rtol, atol, y, fy, g, p, informed, k, tracker)
@@ -294,7 +295,7 @@ class LBFGS(Solver):
             # The next step, computed here so that the convergence test at y_new sees it.
             p_new = direction(g_new, s_hist, y_hist, rho, count, gamma)
             informed = informed | good
-            tracker = tracker.update(accepted, g, g_new, s, f_new)
+            tracker = tracker.update(accepted, max_norm(g_new), max_norm(s), f_new)
             return (
                 y_new,
                 f_new,
@@ -324,7 +325,7 @@ class LBFGS(Solver):
             -gamma0 * g0,
             jnp.array(False),
             0,
-            Tracker.start(g0, f0),
+            Tracker.start(max_norm(g0), f0),
         )
         state = _skip_if_inactive(state, active, self.max_steps, k_index=10)
         final = lax.while_loop(cond, body, state)
