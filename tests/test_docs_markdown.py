@@ -43,6 +43,13 @@ SLOW_PAGES = {
     # Large inner problems: Sparse at small n against Dense (tests/test_sparse.py), the
     # PDE model against its references and its field (tests/test_pde_model.py).
     "large.md",
+    # Sampling (tests/test_sampling.py, test_checkpoint.py, test_progress.py), the
+    # Laplace pages (tests/test_laplace.py, test_laplace_models.py) and the diagnostics
+    # (tests/test_compare.py, test_coupled.py, test_check_gradients.py, test_sbc.py):
+    # moved when the defaults' robust fallbacks made every compile slower (issue 20).
+    "sampling.md",
+    "laplace.md",
+    "diagnostics.md",
 }
 
 

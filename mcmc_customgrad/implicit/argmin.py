@@ -24,7 +24,8 @@ def argmin(fun, y0, *args, solver=None, full_output=False, linear_solver=None, o
     *args : pytrees of arrays
         Parameters the result is differentiable in.
     solver : Solver or callable, optional
-        :class:`~mcmc_customgrad.solvers.Newton` (default up to 32 unknowns),
+        :class:`~mcmc_customgrad.solvers.Newton` (default up to 32 unknowns; BFGS
+        finishes a minimisation it cannot),
         :class:`~mcmc_customgrad.solvers.LBFGS` (default above, or when JAX cannot
         differentiate ``fun`` twice), :class:`~mcmc_customgrad.solvers.BFGS`,
         a host solver, or a callable ``solver(fun, y0, *args) -> y``.

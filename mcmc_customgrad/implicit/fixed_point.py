@@ -26,8 +26,10 @@ def fixed_point(
     *args : pytrees of arrays
         Parameters the result is differentiable in.
     solver : Solver or callable, optional
-        :class:`~mcmc_customgrad.solvers.Newton` (default up to 500 unknowns),
-        :class:`~mcmc_customgrad.solvers.Anderson` (default above),
+        :class:`~mcmc_customgrad.solvers.IterateThenNewton` (default up to 500
+        unknowns: plain iteration while the map contracts fast, Newton where it does
+        not), :class:`~mcmc_customgrad.solvers.Anderson` (default above),
+        :class:`~mcmc_customgrad.solvers.Newton`,
         :class:`~mcmc_customgrad.solvers.FixedPointIteration`, or a callable.
     full_output : bool
         If True return ``(y, SolverInfo)``.

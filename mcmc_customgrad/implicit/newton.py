@@ -77,6 +77,20 @@ class Newton(Solver):
     linear_solver : LinearSolver, optional
         Solves each step; ``None`` (default) or ``Dense()`` is the built-in dense path
         above (for up to ``mcg.linear.DENSE_LIMIT`` unknowns when chosen by default).
+    fallback : bool
+        Minima only. Where Newton cannot finish (``max_steps`` spent, or
+        ``STALL_NEWTON = 10`` steps in a row without progress in the objective or the
+        gradient: an indefinite or singular Hessian, where the damped step crawls),
+        continue from its last point with :class:`BFGS` (:class:`LBFGS` with
+        matrix-free or sparse steps), which needs no Hessian and so is not misled by
+        one. On Optimistix's 25-unknown ReLU network Newton alone stalls at a gradient
+        of 5e-6; with the fallback it converges. ``False`` makes ``max_steps`` a hard
+        cap.
+
+    The status (``info.status``, :class:`~mcmc_customgrad.Status`) is ``STAGNATED``
+    when the loop stopped for lack of progress, ``MAX_STEPS`` when it ran out, and
+    ``DEGENERATE`` when it converged slowly to a singular solution (see
+    :class:`~mcmc_customgrad.Status`).
 
     Examples
     --------

@@ -198,7 +198,11 @@ class LBFGS(Solver):
     and a next step below ``atol + rtol |y|_inf`` (once a curvature pair is stored), or
     a gradient fallen below ``rtol`` times its value at ``y0``. Unlike Blackjax's
     Laplace marginal it never stops silently: running out of ``max_steps`` gives NaN
-    and ``converged=False``.
+    and ``converged=False`` (status ``MAX_STEPS``), and ``STALL_QUASI_NEWTON = 25``
+    steps in a row without progress in the objective or the gradient stop it early
+    (``STAGNATED``), where a gradient has hit its rounding floor above the tolerance.
+    Where the objective is flat to rounding the line search accepts a step that lowers
+    the gradient norm (see :func:`~mcmc_customgrad.implicit._linesearch.backtrack`).
 
     Parameters
     ----------
