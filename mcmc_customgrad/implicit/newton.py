@@ -10,6 +10,7 @@ from jax import lax
 
 from ._base import (
     STALL_NEWTON,
+    STALL_QUASI_NEWTON,
     Problem,
     Solver,
     SolverResult,
@@ -81,11 +82,14 @@ class Newton(Solver):
         Minima only. Where Newton cannot finish (``max_steps`` spent, or
         ``STALL_NEWTON = 10`` steps in a row without progress in the objective or the
         gradient: an indefinite or singular Hessian, where the damped step crawls),
-        continue from its last point with :class:`BFGS` (:class:`LBFGS` with
-        matrix-free or sparse steps), which needs no Hessian and so is not misled by
-        one. On Optimistix's 25-unknown ReLU network Newton alone stalls at a gradient
-        of 5e-6; with the fallback it converges. ``False`` makes ``max_steps`` a hard
-        cap.
+        continue from its last point with BFGS for up to ``FALLBACK_STEPS = 1000``
+        more steps: with dense steps in the same loop and line search, the BFGS
+        approximation taking the Hessian's place (so the compiled program has no second
+        loop); with matrix-free or sparse steps by :class:`LBFGS` afterwards. BFGS
+        builds its curvature from gradients and so is not misled by a singular
+        Hessian. On Optimistix's 25-unknown ReLU network Newton alone stalls at a
+        gradient of 5e-6; with the fallback it converges. ``False`` makes
+        ``max_steps`` a hard cap.
 
     The status (``info.status``, :class:`~mcmc_customgrad.Status`) is ``STAGNATED``
     when the loop stopped for lack of progress, ``MAX_STEPS`` when it ran out, and
@@ -148,19 +152,18 @@ class Newton(Solver):
                 problem, y0, params, rtol, atol, self.max_steps, self.linear_solver, active
             )
         if problem.kind == "argmin":
-            res = _newton_min(problem, y0, params, rtol, atol, self.max_steps)
-            return self._fall_back(problem, res, params) if self.fallback else res
+            return _newton_min(problem, y0, params, rtol, atol, self.max_steps, self.fallback)
         return _newton_root(problem, y0, params, rtol, atol, self.max_steps, active)
 
     def _fall_back(self, problem, res, params):
-        """Continue a minimisation Newton could not finish with BFGS (L-BFGS when sparse).
+        """Continue a matrix-free or sparse minimisation Newton could not finish (L-BFGS).
 
         Runs only for the elements Newton left unconverged with a finite iterate
         (:func:`~mcmc_customgrad.implicit._base.continue_where`).
         """
-        from .quasi_newton import BFGS, LBFGS
+        from .quasi_newton import LBFGS
 
-        second = (BFGS if self.dense_steps else LBFGS)(rtol=self.rtol, atol=self.atol)
+        second = LBFGS(rtol=self.rtol, atol=self.atol)
         active = ~res.converged & jnp.all(jnp.isfinite(res.y))
         return continue_where(
             active, res, lambda first: second.run(problem, first.y, params, active=active)
@@ -221,7 +224,17 @@ def _lam_update(lam, alpha):
 
 
 def _newton_loop(
-    direction, backtrack_at, done, finite, parts, state0, max_steps, rtol, atol, active=None
+    direction,
+    backtrack_at,
+    done,
+    finite,
+    parts,
+    state0,
+    max_steps,
+    rtol,
+    atol,
+    active=None,
+    switch=None,
 ):
     """The Newton iteration shared by minima and roots.
 
@@ -236,12 +249,20 @@ def _newton_loop(
     the residual); ``parts(aux) -> (merit, residual)``. The loop also stops after
     ``STALL_NEWTON`` passes without progress (:class:`~._base.Tracker`).
 
+    ``switch = (to_fallback, extra_steps)``, if given, changes method once instead of
+    stopping: where the loop would stop for ``max_steps`` or stagnation, ``aux`` becomes
+    ``to_fallback(aux)`` (``direction`` and ``backtrack_at`` read the mode from it), the
+    stagnation count restarts with window ``STALL_QUASI_NEWTON`` and ``extra_steps``
+    more passes are allowed. The same loop and line search serve both methods, so the
+    fallback costs no second loop in the compiled program.
+
     Returns ``(y, aux, num_steps, ok, tracker, delta)``: ``delta`` is the estimate of
     ``y - y*`` at the returned ``y`` (the step there, the last full step when that was
     small, else ``inf``) for the error estimate.
     """
     y0, aux0 = state0
     no_step = jnp.asarray(jnp.inf, y0.dtype)
+    false = jnp.array(False)
 
     def settled(y, aux, small):
         # Converged without the step at y: the residual passes and has fallen by rtol from
@@ -249,16 +270,28 @@ def _newton_loop(
         # the usual end of a solve costs no Jacobian (Hessian) at the last point.
         return done(y, aux, no_step, small)
 
+    def window(switched):
+        return jnp.where(switched, STALL_QUASI_NEWTON, STALL_NEWTON)
+
     def cond(state):
-        y, aux, _lam, _k, small, _ok, stop, tracker, _delta = state
-        going = ~stop & ~tracker.stagnated(STALL_NEWTON)
-        return going & finite(aux) & ~settled(y, aux, small)
+        y, aux, _lam, _k, small, _ok, stop, tracker, _delta, switched, _limit = state
+        stalled = tracker.stagnated(window(switched))
+        if switch is not None:
+            stalled = stalled & switched
+        return ~stop & ~stalled & finite(aux) & ~settled(y, aux, small)
 
     def body(state):
-        y, aux, lam, k, small, _, _, tracker, _ = state
+        y, aux, lam, k, small, _, _, tracker, _, switched, limit = state
+        if switch is not None:
+            to_fallback, extra_steps = switch
+            go = ~switched & (tracker.stagnated(STALL_NEWTON) | (k >= limit))
+            aux = jax.tree.map(lambda a, b: jnp.where(go, a, b), to_fallback(aux), aux)
+            tracker = tracker._replace(stall=jnp.where(go, 0, tracker.stall))
+            limit = jnp.where(go, k + extra_steps, limit)
+            switched = switched | go
         p, slope, light, delta = direction(y, aux, lam)
         ok = done(y, aux, delta, small)
-        stop = ok | (k >= max_steps)
+        stop = ok | (k >= limit)
         p = jnp.where(stop, 0.0, p)
         slope = jnp.where(stop, 0.0, slope)
         alpha, aux_new, accepted = backtrack_at(y, aux, p, slope)
@@ -275,20 +308,23 @@ def _newton_loop(
         moved = tracker.update(accepted, max_norm(r_new), max_norm(alpha * p), merit_new)
         tracker = jax.tree.map(lambda a, b: jnp.where(stop, a, b), tracker, moved)
         delta_here = jnp.where(stop, delta, jnp.where(small, max_norm(alpha * p), no_step))
-        return y_new, aux_new, lam, jnp.where(stop, k, k + 1), small, ok, stop, tracker, delta_here
+        k = jnp.where(stop, k, k + 1)
+        return y_new, aux_new, lam, k, small, ok, stop, tracker, delta_here, switched, limit
 
     one = jnp.ones((), y0.dtype)
-    false = jnp.array(False)
     merit0, r0 = parts(aux0)
     # An inactive element (a hybrid solver's Newton stage it does not need) starts stopped.
     stop0 = false if active is None else ~active
-    state = (y0, aux0, one, 0, false, false, stop0, Tracker.start(max_norm(r0), merit0), no_step)
-    y, aux, _, k, small, ok, _, tracker, delta = lax.while_loop(cond, body, state)
+    tracker0 = Tracker.start(max_norm(r0), merit0)
+    limit0 = jnp.asarray(max_steps, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    state = (y0, aux0, one, zero, false, false, stop0, tracker0, no_step, false, limit0)
+    y, aux, _, k, small, ok, _, tracker, delta, switched, _ = lax.while_loop(cond, body, state)
     ok = (ok | settled(y, aux, small)) & finite(aux)
-    return y, aux, k, ok, tracker, delta
+    return y, aux, k, ok, tracker, delta, switched
 
 
-def _finish(y, aux, k, ok, tracker, delta, *, parts, rtol, atol, finite):
+def _finish(y, aux, k, ok, tracker, delta, switched, *, parts, rtol, atol, finite):
     """The :class:`SolverResult` of a Newton loop (status and error estimate)."""
     return tracker.result(
         y,
@@ -297,13 +333,21 @@ def _finish(y, aux, k, ok, tracker, delta, *, parts, rtol, atol, finite):
         parts(aux)[1],
         rtol=rtol,
         atol=atol,
-        window=STALL_NEWTON,
+        window=jnp.where(switched, STALL_QUASI_NEWTON, STALL_NEWTON),
         delta=delta,
         finite=finite(aux),
     )
 
 
-def _newton_min(problem, y0, params, rtol, atol, max_steps):
+#: Passes the BFGS fallback of the dense Newton minimiser may take (BFGS's own default).
+FALLBACK_STEPS = 1000
+
+# Modes of the dense Newton minimiser (``aux[3]``): Newton; BFGS before its first
+# curvature pair (its step is no estimate of y - y* yet); BFGS.
+_NEWTON, _BFGS_FRESH, _BFGS = 0, 1, 2
+
+
+def _newton_min(problem, y0, params, rtol, atol, max_steps, fallback=True):
     def f(y):
         return problem.objective(y, params)
 
@@ -318,56 +362,99 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps):
     def direction(y, aux, lam):
         # The step from y. Where the residual passes it is undamped: the Newton estimate
         # of y - y*, which the step test asks to be within tolerance (a small gradient
-        # alone may just be a flat objective).
-        fy, g = aux
-        h = _drop_nonfinite_curvature(hessian(y))
-        mu = jnp.where(residual_ok(g, fy), 0.0, lam * jnp.linalg.norm(g))
+        # alone may just be a flat objective). In the BFGS fallback the matrix is the
+        # BFGS approximation of the Hessian instead, undamped.
+        fy, g, b, mode = aux
+        quasi = mode != _NEWTON
+        if fallback:
+            h = lax.cond(quasi, lambda: b, lambda: _drop_nonfinite_curvature(hessian(y)))
+        else:
+            h = _drop_nonfinite_curvature(hessian(y))
+        mu = jnp.where(residual_ok(g, fy) | quasi, 0.0, lam * jnp.linalg.norm(g))
         p = -_spd_solve(h + mu * eye, g)
         slope = jnp.vdot(g, p)
         finite = jnp.all(jnp.isfinite(p))
         newton_ok = finite & (slope < 0)
-        delta = jnp.where(finite, max_norm(p), jnp.inf)
+        delta = jnp.where(finite & (mode != _BFGS_FRESH), max_norm(p), jnp.inf)
         # Indefinite or broken Hessian: a gradient step scaled by the curvature bound
         # (none where the Hessian is not finite, as for |y|^1.5 at 0).
         p_grad = -g / (_finite_norm(h) + mu + jnp.finfo(y.dtype).tiny)
         p = jnp.where(newton_ok, p, p_grad)
         slope = jnp.where(newton_ok, slope, jnp.vdot(g, p_grad))
-        light = newton_ok & (mu <= 1e-3 * jnp.linalg.norm(h))
+        light = newton_ok & (mu <= 1e-3 * jnp.linalg.norm(h)) & ~quasi
         return p, slope, light, delta
 
     def backtrack_at(y, aux, p, slope):
-        fy, g = aux
+        fy, g, b, mode = aux
         gnorm = jnp.linalg.norm(g)
+        quasi = mode != _NEWTON
         alpha, f_new, g_new, accepted = backtrack(
             value_and_grad,
             y,
             fy,
             p,
             slope,
-            prefer=lambda g_t: jnp.linalg.norm(g_t) <= gnorm,
+            prefer=lambda g_t: quasi | (jnp.linalg.norm(g_t) <= gnorm),
             flat=lambda g_t: jnp.linalg.norm(g_t) < gnorm,
         )
-        return alpha, (f_new, g_new), accepted
+        if not fallback:
+            return alpha, (f_new, g_new, b, mode), accepted
+        # BFGS update of the Hessian approximation, B+ = B - B s s'B / s'B s + v v' / s'v,
+        # kept only where the curvature condition holds (it keeps B positive definite);
+        # before the first update B is rescaled to v'v / s'v (Nocedal and Wright).
+        s_, v = alpha * p, g_new - g
+        sv = jnp.vdot(s_, v)
+        good = (
+            accepted & (mode != _NEWTON) & (sv > 1e-10 * jnp.linalg.norm(s_) * jnp.linalg.norm(v))
+        )
+        safe_sv = jnp.where(good, sv, 1.0)
+        b = jnp.where(good & (mode == _BFGS_FRESH), (jnp.vdot(v, v) / safe_sv) * eye, b)
+        bs = b @ s_
+        sbs = jnp.vdot(s_, bs)
+        updated = b - jnp.outer(bs, bs) / jnp.where(good, sbs, 1.0) + jnp.outer(v, v) / safe_sv
+        b = jnp.where(good & (sbs > 0), updated, b)
+        mode = jnp.where(good, jnp.int32(_BFGS), mode)
+        return alpha, (f_new, g_new, b, mode), accepted
+
+    def to_bfgs(aux):
+        # Start BFGS from the identity scaled like its first step, -g / max(|g|, 1).
+        fy, g, _, _ = aux
+        return (
+            fy,
+            g,
+            jnp.maximum(jnp.linalg.norm(g), 1.0) * eye,
+            jnp.asarray(_BFGS_FRESH, jnp.int32),
+        )
 
     f0, g0 = value_and_grad(y0)
     g0_norm = max_norm(g0)
 
     def done(y, aux, delta, step_small):
-        fy, g = aux
+        fy, g = aux[:2]
         ok = converged_within(
             "argmin", g, y, rtol, atol, step_norm=delta, start_norm=g0_norm, value=fy
         )
         return ok | step_small
 
     def finite(aux):
-        fy, g = aux
+        fy, g = aux[:2]
         return jnp.isfinite(fy) & jnp.all(jnp.isfinite(g))
 
     def parts(aux):
         return aux[0], aux[1]
 
+    aux0 = (f0, g0, eye, jnp.asarray(_NEWTON, jnp.int32))
     out = _newton_loop(
-        direction, backtrack_at, done, finite, parts, (y0, (f0, g0)), max_steps, rtol, atol
+        direction,
+        backtrack_at,
+        done,
+        finite,
+        parts,
+        (y0, aux0),
+        max_steps,
+        rtol,
+        atol,
+        switch=(to_bfgs, FALLBACK_STEPS) if fallback else None,
     )
     return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
