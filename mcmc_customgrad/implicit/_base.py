@@ -90,8 +90,9 @@ _STATUS_MESSAGES = {
         "the residual is within tolerance, but y is known only to info.error_estimate, "
         "more than 10 times the step tolerance: the Jacobian (Hessian) is singular or "
         "nearly so at the solution (a double root, a flat or quartic minimum), where y "
-        "converges slowly. The objective's value there is still accurate (its error is "
-        "second order in y's), y itself is not."
+        "converges slowly and the solver could not go on (Newton goes on where it can). "
+        "The objective's value there is still accurate (its error is of higher order "
+        "than y's), y itself is not."
     ),
     Status.MAX_STEPS: (
         "the solver ran out of max_steps while still making progress: raise max_steps, "
