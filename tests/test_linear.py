@@ -57,12 +57,7 @@ def test_fixed_point_tangents_agree(linear):
     "solve",
     [
         lambda lam: mcg.argmin(ridge, jnp.zeros(3), lam, linear_solver=mcg.linear.CG()),
-        # Slow tier (16 s): GMRES's transposed solve also runs, fast, in
-        # test_fixed_point_tangents_agree; second order here.
-        pytest.param(
-            lambda s: mcg.fixed_point(affine, jnp.zeros(3), s, linear_solver=mcg.linear.GMRES()),
-            marks=pytest.mark.slow,
-        ),
+        lambda s: mcg.fixed_point(affine, jnp.zeros(3), s, linear_solver=mcg.linear.GMRES()),
     ],
     ids=["argmin-cg", "fixed_point-gmres"],
 )

@@ -22,7 +22,15 @@ import mcmc_customgrad as mcg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from peer_problems import all_problems, mcg_solve
 
-FAST = {"min_beale", "lsq_diagonal_bowl_20", "fp_cos_28", "root_exponential_28"}
+FAST = {
+    "min_beale",
+    "lsq_rosenbrock_2",
+    "lsq_diagonal_bowl_20",
+    "fp_cos_28",
+    "root_exponential_28",
+    "root_midpoint_k_nonlinear_3",
+    "bisect_cos",
+}
 #: Problems whose defaults end with a documented failure status instead of an answer:
 #: the trigonometric least-squares problem's gradient has a rounding floor above the
 #: tolerance 1e-10 (Optimistix skips it as hard; its own answer has gradient 1.9e-10).
