@@ -40,6 +40,12 @@ def test_inference_data_has_the_standard_groups_names_and_attrs(run):
     assert run.sample_stats["diverging"].dtype == bool
     assert bool(run.sample_stats["solver_converged"].all())
     assert int(run.sample_stats["solver_steps"].min()) > 0
+    # Per-draw counts by status: every solve at every draw converged.
+    status = run.sample_stats["solver_status"]
+    assert status.dims == ("chain", "draw", "status") and status.shape == (2, 60, len(mcg.Status))
+    solves = status.values.sum(axis=-1)
+    assert solves.min() > 0
+    np.testing.assert_array_equal(status.values[..., mcg.Status.CONVERGED], solves)
     assert np.all(run.sample_stats["n_steps"] >= 1)
     np.testing.assert_array_equal(
         run.sample_stats["reached_max_treedepth"], run.sample_stats["tree_depth"] >= 10
@@ -207,6 +213,29 @@ def test_failed_inner_solves_are_rejected_counted_and_warned():
     # The failures are not reported as divergences.
     problems = {d.name for d in mcg.diagnose(idata)}
     assert "solver_failures" in problems and "divergences" not in problems
+
+
+def _flat_inner(x):
+    # The inner minimum is quartic (DEGENERATE for BFGS at every draw); its value, which
+    # is all the density uses, is exact: min_y (y^4 + (x - 1)^2) = (x - 1)^2.
+    inner = mcg.min_value(
+        lambda y, x: jnp.sum(y**4) + (x[0] - 1.0) ** 2, jnp.ones(2), x, solver=mcg.solvers.BFGS()
+    )
+    return -0.5 * inner
+
+
+@pytest.mark.slow
+def test_degenerate_inner_solutions_are_counted_and_warned():
+    with pytest.warns(mcg.SamplingWarning, match="DEGENERATE"):
+        idata = mcg.sample(
+            _flat_inner, jnp.zeros(1), num_chains=2, num_warmup=200, num_samples=400, seed=5
+        )
+    status = idata.sample_stats["solver_status"].values
+    assert np.all(status[..., mcg.Status.DEGENERATE] == 1)
+    assert bool(idata.sample_stats["solver_converged"].all())  # accepted: nothing rejected
+    assert int(idata.sample_stats["solver_failure"].sum()) == 0
+    names = {d.name for d in mcg.diagnose(idata)}
+    assert "degenerate_solutions" in names and "unconverged_draws" not in names
 
 
 @pytest.mark.parametrize("kernel", ["hmc", "mala"])

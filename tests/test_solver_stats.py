@@ -129,6 +129,39 @@ def test_failed_solve():
     value, stats = mcg.with_solver_stats(failing)(jnp.array(1.0))
     assert np.isnan(value)
     assert not bool(stats.converged) and int(stats.num_solves) == 1
+    # The reason is counted: the same status full_output reports.
+    _, info = mcg.root(lambda y, b: y**2 + b, jnp.array(1.0), 1.0, full_output=True)
+    reason = mcg.Status(int(info.status))
+    assert not reason.accepted
+    assert stats.reasons() == {reason.name: 1}
+    assert int(stats.status_counts[reason]) == 1 == int(jnp.sum(stats.status_counts))
+
+
+def test_status_counts_by_reason_under_vmap():
+    # Three elements: two converge, one (b = 4 > 0: no real root of y^2 + b) fails.
+    fn = mcg.with_solver_stats(lambda a: jnp.sum(jax.vmap(failing)(a)))
+    _, stats = fn(jnp.array([-1.0, 4.0, -4.0]))
+    assert stats.status_counts.shape == (len(mcg.Status),)
+    assert int(stats.status_counts[mcg.Status.CONVERGED]) == 2
+    assert int(jnp.sum(stats.status_counts)) == int(stats.num_solves) == 3
+    assert sum(stats.reasons().values()) == 3
+
+
+def test_degenerate_solutions_are_counted():
+    # A quartic minimum: BFGS meets the gradient test long before y is known (DEGENERATE,
+    # still accepted, so converged stays True).
+    def logp(w):
+        quartic4 = lambda y, w: jnp.sum(w**2 * y**4)  # noqa: E731
+        return -mcg.min_value(quartic4, jnp.ones(3), w, solver=mcg.solvers.BFGS())
+
+    _, stats = mcg.with_solver_stats(logp)(jnp.array(2.0))
+    assert bool(stats.converged)
+    assert stats.reasons() == {"DEGENERATE": 1}
+
+
+def test_no_solves_count_nothing():
+    _, stats = mcg.with_solver_stats(no_solve)(jnp.array(0.3))
+    assert stats.reasons() == {} and stats.status_counts.tolist() == [0] * len(mcg.Status)
 
 
 def test_failed_element_under_vmap():

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..implicit._base import Status
 from . import _arviz
 
 __all__ = ["Diagnostic", "SamplingWarning", "diagnose"]
@@ -37,6 +38,19 @@ def _worst(values: dict, bad, n=3, fmt=".3g", reverse=False) -> str:
     return shown + (" ..." if len(items) > n else "")
 
 
+def _reasons(counts, failed: bool) -> str:
+    """`` (MAX_STEPS: 3, STAGNATED: 1)``: the statuses in per-draw ``counts`` (or '')."""
+    if counts is None:
+        return ""
+    totals = np.asarray(counts).reshape(-1, np.shape(counts)[-1]).sum(axis=0)
+    named = [
+        f"{Status(i).name}: {int(c)}"
+        for i, c in enumerate(totals)
+        if c and i < len(Status) and Status(i).accepted != failed
+    ]
+    return f" ({', '.join(named)})" if named else ""
+
+
 def diagnose(idata) -> list[Diagnostic]:
     """Check a run for the problems PyMC and Stan warn about; return what failed.
 
@@ -44,7 +58,9 @@ def diagnose(idata) -> list[Diagnostic]:
     per chain; transitions that hit the maximum tree depth; E-BFMI below 0.3; inner
     solves that failed during sampling (the sampler rejected those proposals) or draws
     accepted where an inner solve did not converge (only possible with
-    ``on_failure="last"``).
+    ``on_failure="last"``; the reasons are named when the run has ``solver_status``);
+    draws whose inner answer was accepted as ``DEGENERATE`` (known only to its error
+    estimate).
 
     Parameters
     ----------
@@ -110,6 +126,7 @@ def diagnose(idata) -> list[Diagnostic]:
                 )
             )
     converged = stat("solver_converged")
+    counts = stat("solver_status")
     if converged is not None:
         n = int((~converged).sum())
         if n:
@@ -117,9 +134,26 @@ def diagnose(idata) -> list[Diagnostic]:
                 Diagnostic(
                     "unconverged_draws",
                     f"{n} of {total} draws were accepted where an inner solve did not converge"
-                    " (on_failure='last'?): their log-density values are approximate, which "
-                    "biases the posterior. Use on_failure='nan' (the default) or tighten the "
-                    "solver.",
+                    f"{_reasons(counts, failed=True)} (on_failure='last'?): their log-density "
+                    "values are approximate, which biases the posterior. Use "
+                    "on_failure='nan' (the default) or tighten the solver.",
+                )
+            )
+    if counts is not None and counts.shape[-1] > Status.DEGENERATE:
+        n = int((counts[..., Status.DEGENERATE] > 0).sum())
+        if n:
+            found.append(
+                Diagnostic(
+                    "degenerate_solutions",
+                    f"at {n} of {total} draws an inner solution was accepted as DEGENERATE "
+                    f"({int(counts[..., Status.DEGENERATE].sum())} solves): the optimality "
+                    "condition holds to tolerance but the solution itself is known only to "
+                    "its error estimate (a singular Jacobian or Hessian there: a double "
+                    "root, a flat or quartic minimum). A log-density built from the "
+                    "objective (min_value, a Laplace term) is still accurate; one that "
+                    "uses the solution itself is accurate only to that estimate. Run the "
+                    "solve with full_output=True to see info.error_estimate, and check the "
+                    "inner problem for a direction it does not determine.",
                 )
             )
     depth_hit = stat("reached_max_treedepth")

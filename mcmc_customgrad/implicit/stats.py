@@ -3,7 +3,8 @@
 :func:`with_solver_stats` traces ``fn`` to a jaxpr and evaluates it with a small custom
 interpreter (as in JAX's "Writing custom Jaxpr interpreters" guide). Every inner solve
 of this library is a ``jit`` equation named :data:`~mcmc_customgrad.implicit.root.CORE_NAME`
-whose outputs ``1:4`` are its :class:`~mcmc_customgrad.SolverInfo`; the interpreter binds
+whose outputs ``1:6`` are its :class:`~mcmc_customgrad.SolverInfo` (``converged``,
+``num_steps``, ``residual_norm``, ``status``, ``error_estimate``); the interpreter binds
 every equation as JAX would and collects those outputs on the way.
 """
 
@@ -19,6 +20,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from ._base import Status
 from .root import CORE_NAME
 
 __all__ = ["with_solver_stats", "SolverStats"]
@@ -46,6 +48,11 @@ class SolverStats(NamedTuple):
         Number of solve *equations* inside ``scan``/``while``/``cond``/``custom_jvp``/
         ``custom_vjp``/``checkpoint`` bodies that could not be recorded (their statistics
         are missing from the other fields). Known at trace time.
+    status_counts : int32 array, shape ``(len(Status),)``
+        Solve elements by :class:`~mcmc_customgrad.Status`: ``status_counts[s]`` of them
+        ended with status ``s`` (``status_counts[Status.DEGENERATE]`` accepted answers
+        known only to their error estimate, ``status_counts[Status.MAX_STEPS]`` solves
+        out of steps, ...). Sums to ``num_solves``.
     """
 
     converged: Any
@@ -53,34 +60,71 @@ class SolverStats(NamedTuple):
     residual_norm: Any
     num_solves: Any
     num_hidden: Any
+    status_counts: Any = None
+
+    def reasons(self) -> dict[str, int]:
+        """``{status name: count}`` of the statuses that occurred (concrete values only).
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> import mcmc_customgrad as mcg
+        >>> logp = lambda a: -mcg.root(lambda y, b: y**3 - b, jnp.array(1.0), a) ** 2
+        >>> mcg.with_solver_stats(logp)(2.0)[1].reasons()
+        {'CONVERGED': 1}
+        """
+        counts = np.asarray(self.status_counts)
+        return {Status(i).name: int(c) for i, c in enumerate(counts) if c}
 
 
 def _float():
     return jnp.result_type(float)  # float64 with x64 enabled, else float32
 
 
+NUM_STATUSES = len(Status)
+
+
 def _empty():
-    """Aggregate of no solves: ``(converged, num_steps, residual_norm, num_solves)``."""
+    """Aggregate of no solves: ``(converged, num_steps, residual_norm, num_solves, counts)``."""
     return (
         jnp.asarray(True),
         jnp.zeros((), jnp.int32),
         jnp.zeros((), _float()),
         jnp.zeros((), jnp.int32),
+        jnp.zeros((NUM_STATUSES,), jnp.int32),
     )
 
 
 def _combine(a, b):
-    return (a[0] & b[0], a[1] + b[1], jnp.maximum(a[2], b[2]), a[3] + b[3])
+    return (a[0] & b[0], a[1] + b[1], jnp.maximum(a[2], b[2]), a[3] + b[3], a[4] + b[4])
 
 
-def _record(converged, num_steps, residual_norm):
+def _record(converged, num_steps, residual_norm, status=None):
     """Aggregate one (possibly batched) solve's info arrays."""
+    if status is None:  # a core without statuses: converged or not, no reason known
+        status = jnp.where(converged, Status.CONVERGED, Status.NOT_CONVERGED)
+    counts = jnp.sum(
+        jnp.reshape(status, (-1, 1)) == jnp.arange(NUM_STATUSES, dtype=jnp.int32),
+        axis=0,
+        dtype=jnp.int32,
+    )
     return (
         jnp.all(converged),
         jnp.sum(num_steps, dtype=jnp.int32),
         jnp.max(residual_norm, initial=0.0).astype(_float()),
         jnp.asarray(np.size(converged), jnp.int32),
+        counts,
     )
+
+
+def _status_of(eqn, outs):
+    """The status output of a solve equation, or None for a core that has none."""
+    if len(eqn.outvars) < 5:
+        return None
+    c, st = eqn.outvars[1].aval, eqn.outvars[4].aval
+    if getattr(st, "dtype", None) == np.dtype(np.int32) and st.shape == c.shape:
+        return outs[4]
+    return None
 
 
 def _is_jit(eqn) -> bool:
@@ -165,7 +209,7 @@ def _eval(jaxpr, consts, args):
             if not eqn.primitive.multiple_results:
                 outs = [outs]
             if _is_solve(eqn):
-                stats = _combine(stats, _record(*outs[1:4]))
+                stats = _combine(stats, _record(*outs[1:4], _status_of(eqn, outs)))
         for v, x in zip(eqn.outvars, outs, strict=True):
             write(v, x)
     return [read(v) for v in jaxpr.outvars], stats
@@ -220,6 +264,8 @@ def with_solver_stats(fn):
     (-14.0, True, 3, 0)
     >>> int(stats.num_steps) > 0
     True
+    >>> stats.reasons()  # the statuses of the three solves
+    {'CONVERGED': 3}
     """
     if not callable(fn):
         raise TypeError(f"with_solver_stats: fn must be callable, got {type(fn).__name__}.")
@@ -249,11 +295,11 @@ def with_solver_stats(fn):
         leaves, treedef = jax.tree.flatten((args, kwargs))
         leaves = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in leaves]
         closed, out_tree, hidden = trace(leaves, treedef)
-        outs, (converged, num_steps, residual_norm, num_solves) = _eval(
+        outs, (converged, num_steps, residual_norm, num_solves, counts) = _eval(
             closed.jaxpr, closed.consts, leaves
         )
         stats = SolverStats(
-            converged, num_steps, residual_norm, num_solves, jnp.asarray(hidden, jnp.int32)
+            converged, num_steps, residual_norm, num_solves, jnp.asarray(hidden, jnp.int32), counts
         )
         return jax.tree.unflatten(out_tree, outs), stats
 

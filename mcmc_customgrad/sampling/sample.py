@@ -565,7 +565,9 @@ def sample(
         Adapt a dense mass matrix instead of a diagonal one.
     solver_stats : bool
         Record inner-solver statistics at every draw (``solver_converged``,
-        ``solver_steps``, ``solver_residual``): one extra, batched evaluation of the
+        ``solver_steps``, ``solver_residual``, and ``solver_status``: the number of
+        solves that ended with each :class:`~mcmc_customgrad.Status`, dimension
+        ``status`` indexed by the status's value): one extra, batched evaluation of the
         log-density per draw, after the chains have run.
     warn : bool
         Issue :class:`~mcmc_customgrad.SamplingWarning` for every failed post-run check
@@ -940,7 +942,9 @@ def _assemble(tables, num_samples, step_size, settings, target, solver_stats):
             stats["solver_converged"] = column("solver__converged")
             stats["solver_steps"] = column("solver__num_steps")
             stats["solver_residual"] = column("solver__residual_norm")
+            stats["solver_status"] = column("solver__status_counts")
     log_likelihood = None
     if target.log_likelihood is not None:
         log_likelihood = {"obs": column("log_likelihood__")}
-    return _arviz.to_inference_data(posterior, stats, log_likelihood)
+    dims = {"solver_status": ["status"]} if "solver_status" in stats else None
+    return _arviz.to_inference_data(posterior, stats, log_likelihood, dims=dims)
