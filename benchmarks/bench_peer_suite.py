@@ -27,7 +27,13 @@ bisection), in one process, in float64:
     machine;
 (d) time per call, jitted: the value alone, and the value with its Jacobian
     (``jacfwd``); each median over interleaved repeats (mcg, optx, mcg, optx, ...) after
-    compilation, each repeat a batch of calls of at least a few milliseconds.
+    compilation, each repeat a batch of calls of at least a few milliseconds; and the
+    value *in a program*: ``IN_PROGRAM = 64`` solves at parameters ``p (1 + 1e-9 k)``
+    inside one jitted ``lax.scan``, per solve. A solve inside a log-density runs like
+    the latter; a call on its own also pays XLA:CPU's dispatch, which runs a program
+    inline only when its estimated cost is below 1,000 flops and hands it to a thread
+    pool otherwise (tens of microseconds on a small machine). Problems without
+    parameters have no in-program time (XLA would hoist the solve out of the loop).
 
 A problem is *solved* by a library when its converged flag is set and its error is at
 most ``1e-6`` against the known solution; where none is known (a non-convex problem
@@ -67,6 +73,7 @@ SOLVED_ERR = 1e-6  # a converged answer further than this from the solution is w
 FD_STEP = 6e-6  # central differences: ~cbrt(eps), times max(1, |p|)
 ZERO_JAC = 1e-8  # both Jacobians below this: report the absolute difference
 STATIONARY_TOL = 1e-8  # no known solution: the optimality residual must be below this
+IN_PROGRAM = 64  # solves per in-program timing call (one lax.scan)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -257,6 +264,21 @@ def run_problem(problem, timer: Timer | None) -> dict:
 
             fns["mcg_vj"] = with_jac(mcg_value)
             fns["optx_vj"] = with_jac(optx_value)
+
+            def in_program(solve):
+                scales = 1.0 + 1e-9 * jnp.arange(IN_PROGRAM, dtype=flat_p.dtype)
+
+                def many(p):
+                    def one(total, scale):
+                        y = solve(p * scale)
+                        return total + jnp.sum(jnp.where(jnp.isfinite(y), y, 0.0)), None
+
+                    return jax.lax.scan(one, jnp.zeros((), flat_p.dtype), scales)[0]
+
+                return jax.jit(many)
+
+            fns["mcg_s"] = in_program(mcg_value)
+            fns["optx_s"] = in_program(optx_value)
         try:
             times = timer.run(fns, flat_p)
             row["t_mcg_v"] = times["mcg_v"]
@@ -265,6 +287,8 @@ def run_problem(problem, timer: Timer | None) -> dict:
             if has_params:
                 row["t_mcg_vj"] = times["mcg_vj"]
                 row["ratio_vj"] = times["mcg_vj"] / times["optx_vj"]
+                row["t_mcg_s"] = times["mcg_s"] / IN_PROGRAM
+                row["ratio_s"] = times["mcg_s"] / times["optx_s"]
         except Exception as err:
             row["notes"].append("timing: " + short_error(err))
             traceback.print_exc(file=sys.stderr)
@@ -292,9 +316,9 @@ def print_table(rows):
     print(
         "| problem | kind | n | mcg conv | mcg status | mcg steps | mcg err | optx solver "
         "| optx conv | optx steps | optx err | dJ mcg/optx | dJ mcg/FD | mcg value (µs) "
-        "| ratio value | ratio value+jac | notes |"
+        "| ratio value | ratio value+jac | mcg in program (µs) | ratio in program | notes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         p = row["problem"]
         err = fmt(row.get("mcg_err"))
@@ -318,6 +342,8 @@ def print_table(rows):
             "-" if t is None else f"{t * 1e6:.0f}",
             fmt(row.get("ratio_v"), ".2f"),
             fmt(row.get("ratio_vj"), ".2f"),
+            "-" if row.get("t_mcg_s") is None else f"{row['t_mcg_s'] * 1e6:.1f}",
+            fmt(row.get("ratio_s"), ".2f"),
             "; ".join(row["notes"]),
         ]
         print("| " + " | ".join(cells) + " |")
@@ -372,7 +398,11 @@ def print_summary(rows):
     fd = [r for r in rows if "dj_fd_val" in r]
     fd_ok = [r for r in fd if r["dj_fd_val"] <= 1e-4]
     print(f"- mcg derivatives within 1e-4 of central differences: {len(fd_ok)}/{len(fd)}")
-    for key, label in (("ratio_v", "value"), ("ratio_vj", "value+jacfwd")):
+    for key, label in (
+        ("ratio_v", "value"),
+        ("ratio_vj", "value+jacfwd"),
+        ("ratio_s", "value in a program"),
+    ):
         timed = [r for r in both if np.isfinite(r.get(key, np.nan))]
         if not timed:
             continue
@@ -426,7 +456,8 @@ def main(argv=None):
     print(
         "err: max |y - y*| against the known solution (* against Optimistix's answer); "
         "'yes (wrong)': converged flag set but err > 1e-6; dJ: max |J - J_ref| / "
-        "max |J_ref| (a: absolute, both ~0); ratio: mcg time / optx time (jitted, median)."
+        "max |J_ref| (a: absolute, both ~0); ratio: mcg time / optx time (jitted, median); "
+        f"in program: per solve, {IN_PROGRAM} solves in one lax.scan."
     )
 
 

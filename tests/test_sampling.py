@@ -430,11 +430,12 @@ def test_on_failure_raise_inside_sample_is_a_solver_error(capfd):
 def test_draw_pass_parts_are_ordered_without_changing_values():
     # The per-draw pass orders its parts (generated quantities, solver statistics,
     # log-likelihood), which XLA:CPU would otherwise run at once: two batched LAPACK
-    # kernels of jaxlib 0.10 at once deadlock a 2-thread pool. The values are unchanged,
-    # whatever the dependencies hold.
+    # kernels of jaxlib 0.10 at once deadlock a 2-thread pool (check_gradients orders its
+    # value, gradient and Hessians the same way). The values are unchanged, whatever the
+    # dependencies hold.
     from jax.extend import core as jex_core
 
-    from mcmc_customgrad.sampling.sample import _after
+    from mcmc_customgrad._order import after as _after
 
     tree = {"a": jnp.array([1.5, -2.0, 0.0]), "n": jnp.array([3, 4])}
     for deps in (

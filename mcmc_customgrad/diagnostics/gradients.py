@@ -78,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import surface_solver_errors
+from .._order import after
 from .._precision import float32_hint, warn_if_float32
 from ..logdensity import Model
 
@@ -668,16 +669,19 @@ def _evaluate(fn, order, custom, xs):
     """
 
     def one(x):
+        # Each piece starts once the previous ones are done (`after`): independent, XLA:CPU
+        # would run their batched solves at once, which can deadlock jaxlib 0.10's
+        # batched LAPACK kernels on a 2-thread pool.
         value, grad = jax.value_and_grad(fn)(x)
         out = {"value": value, "grad": grad}
         if custom:
-            out["grad_fwd"] = jax.jacfwd(fn)(x)
+            out["grad_fwd"] = jax.jacfwd(fn)(after(x, out))
         if order >= 2:
             # jax.hessian is jacfwd(jacrev(fn)): forward over reverse, for a scalar fn the
             # same program as jacfwd(grad(fn)), so it is not traced twice.
-            out["hessian"] = jax.hessian(fn)(x)
+            out["hessian"] = jax.hessian(fn)(after(x, out))
             if custom:
-                out["hess_rev"] = jax.jacrev(jax.grad(fn))(x)
+                out["hess_rev"] = jax.jacrev(jax.grad(fn))(after(x, out))
         return out
 
     return jax.vmap(one)(xs)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._cache import configure_cache
 from .._errors import surface_solver_errors
+from .._order import after
 from .._precision import warn_if_float32
 from ..diagnostics import _arviz
 from ..diagnostics._checks import SamplingWarning, diagnose
@@ -367,7 +368,7 @@ def _draw_one(logdensity, to_posterior, log_likelihood, solver_stats, generated=
     def one(position, key):
         out = {"posterior": to_posterior(position)}
         if generated is not None:
-            position = _after(position, out)
+            position = after(position, out)
             params = model.to_constrained(position) if model is not None else position
             extra = generated(params, key)
             if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
@@ -383,37 +384,12 @@ def _draw_one(logdensity, to_posterior, log_likelihood, solver_stats, generated=
                 )
             out["posterior"] = {**out["posterior"], **extra}
         if stats_fn is not None:
-            out["solver"] = stats_fn(_after(position, out))[1]._asdict()
+            out["solver"] = stats_fn(after(position, out))[1]._asdict()
         if log_likelihood is not None:
-            out["log_likelihood"] = log_likelihood(_after(position, out))
+            out["log_likelihood"] = log_likelihood(after(position, out))
         return out
 
     return one
-
-
-def _after(tree, dependencies):
-    """``tree`` unchanged, but computed only once ``dependencies`` are.
-
-    The parts of a draw's pass (generated quantities, solver statistics, the
-    log-likelihood) each evaluate the density; independent, XLA:CPU runs them at once,
-    and two batched LAPACK kernels of jaxlib 0.10 running at once on a 2-thread pool
-    deadlock it (each blocks a thread waiting for batch chunks queued behind the other).
-    Adding a zero computed from ``dependencies`` orders them.
-    """
-    sums = [
-        jnp.sum(jnp.where(jnp.isfinite(x), x, 0.0))
-        for x in jax.tree.leaves(dependencies)
-        if jnp.issubdtype(jnp.result_type(x), jnp.floating)
-    ]
-    if not sums:
-        return tree
-    total = sum(sums)
-    zero = jnp.minimum(jnp.abs(jnp.where(jnp.isfinite(total), total, 0.0)), 0.0)
-
-    def add(x):
-        return x + zero.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-    return jax.tree.map(add, tree)
 
 
 @functools.lru_cache(maxsize=64)
