@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -14,7 +16,9 @@ from ._base import (
     continue_where,
     converged_within,
     max_norm,
+    residual_within,
     status_of,
+    step_within,
     validate_positive_int,
     validate_tolerance,
 )
@@ -320,37 +324,84 @@ class IterateThenNewton(Solver):
         def residual(y):
             return problem.residual(y, params)
 
-        r0 = residual(y0)
-        r0_norm = max_norm(r0)
-
-        def done(state):
-            y, r, y_prev, r_prev = state[:4]
-            return _done(y, r, y_prev, r_prev, r0_norm, rtol, atol)
-
-        def cond(state):
-            k, slow = state[4], state[5]
-            r = state[1]
-            going = (k < self.max_steps) & (slow < self.patience) & jnp.all(jnp.isfinite(r))
-            return going & ~done(state)
-
-        def body(state):
-            y, r, _, _, k, slow, best_y, best_norm = state
-            y_new = y + r
-            r_new = residual(y_new)
-            norm_new = max_norm(r_new)
-            fast = norm_new <= self.rate * max_norm(r)  # False for a NaN
-            better = norm_new < best_norm  # False for a NaN
-            best_y = jnp.where(better, y_new, best_y)
-            best_norm = jnp.where(better, norm_new, best_norm)
-            slow = jnp.where(fast, 0, slow + 1)
-            return y_new, r_new, y, r, k + 1, slow, best_y, best_norm
-
-        zero = jnp.zeros((), jnp.int32)
-        state = lax.while_loop(cond, body, (y0, r0, y0, r0, zero, zero, y0, r0_norm))
-        y, r, y_prev, r_prev, k, _, best_y, _ = state
-        first = _result(y, done(state), k, r, y_prev, r_prev, rtol, atol)
+        state, first = _iterate_while_fast(
+            residual, y0, rtol, atol, self.max_steps, self.rate, self.patience
+        )
         active = ~first.converged
         newton = self.second_stage
         return continue_where(
-            active, first, lambda _: newton.run(problem, best_y, params, active=active)
+            active, first, lambda _: newton.run(problem, state.best_y, params, active=active)
         )
+
+
+class _Iteration(NamedTuple):
+    """State of :func:`_iterate_while_fast`: the point, its residual, the test's max-norms."""
+
+    y: jax.Array
+    r: jax.Array
+    r_norm: jax.Array  # |T(y) - y|
+    y_norm: jax.Array  # |y|
+    distance: jax.Array  # secant estimate of |y - y*| (NaN before the first step)
+    done: jax.Array
+    k: jax.Array
+    slow: jax.Array  # consecutive steps whose residual fell by less than `rate`
+    best_y: jax.Array
+    best_norm: jax.Array
+
+
+def _iterate_while_fast(residual, y0, rtol, atol, max_steps, rate, patience):
+    """:class:`IterateThenNewton`'s first stage: ``y <- T(y)`` while the residual falls fast.
+
+    The convergence test is :class:`FixedPointIteration`'s. Each pass evaluates the map
+    once and takes the max-norms it needs (``|r|``, ``|r - r_prev|``, ``|y|``; the step
+    is ``|r_prev|``, already known) in one reduction, and carries them: the rate test,
+    the best point and the convergence test then read scalars, instead of reducing the
+    same vectors again in the loop's condition (on a CPU a small solve's time is mostly
+    the number of kernels per pass). Stops when converged, after ``patience``
+    consecutive passes whose residual fell by less than the factor ``rate``, at a
+    non-finite residual, or after ``max_steps``.
+    """
+    r0 = residual(y0)
+    r0_norm, y0_norm = max_norm(r0), max_norm(y0)
+    nan = jnp.full((), jnp.nan, y0.dtype)
+    zero = jnp.zeros((), jnp.int32)
+    done0 = _done_from_norms(r0_norm, y0_norm, nan, r0_norm, rtol, atol)
+    state0 = _Iteration(y0, r0, r0_norm, y0_norm, nan, done0, zero, zero, y0, r0_norm)
+
+    def cond(s):
+        # A max-norm is NaN when any entry is, so this also stops at a NaN residual.
+        going = (s.k < max_steps) & (s.slow < patience) & jnp.isfinite(s.r_norm)
+        return going & ~s.done
+
+    def body(s):
+        y = s.y + s.r
+        r = residual(y)
+        norms = jnp.max(jnp.abs(jnp.stack([r, r - s.r, y])), axis=1)
+        r_norm, change_norm, y_norm = norms[0], norms[1], norms[2]
+        distance = r_norm * s.r_norm / change_norm  # _secant_step_norm, step |y - y_prev|
+        done = _done_from_norms(r_norm, y_norm, distance, r0_norm, rtol, atol)
+        better = r_norm < s.best_norm  # False for a NaN
+        best_y = jnp.where(better, y, s.best_y)
+        best_norm = jnp.where(better, r_norm, s.best_norm)
+        slow = jnp.where(r_norm <= rate * s.r_norm, 0, s.slow + 1)  # a NaN counts as slow
+        return _Iteration(y, r, r_norm, y_norm, distance, done, s.k + 1, slow, best_y, best_norm)
+
+    s = lax.while_loop(cond, body, state0)
+    error = jnp.where(s.r_norm == 0, 0.0, s.distance)
+    error = jnp.where(jnp.isnan(error), jnp.inf, error)
+    status = status_of(
+        s.done,
+        finite=jnp.isfinite(s.r_norm),
+        error_estimate=error,
+        y_norm=s.y_norm,
+        rtol=rtol,
+        atol=atol,
+    )
+    return s, SolverResult(s.y, s.done, s.k, s.r_norm, status, error.astype(s.y.dtype))
+
+
+def _done_from_norms(r_norm, y_norm, distance, r0_norm, rtol, atol):
+    """:func:`_done` from max-norms: ``converged_within`` for a fixed point."""
+    residual_ok = residual_within(r_norm, y_norm, rtol, atol)
+    known = step_within(distance, y_norm, rtol, atol)
+    return residual_ok & (known | (r_norm <= rtol * r0_norm))
