@@ -181,6 +181,11 @@ def test_jit_vmap_over_a_batch():
     for i in range(2):
         _, single = mcg.with_solver_stats(batched)(batch[i])
         assert int(stats.num_steps[i]) == int(single.num_steps)
+    # Per batch element by status, and summed over the batch by reasons().
+    assert stats.status_counts.shape == (3, len(mcg.Status))
+    assert stats.status_counts[:, mcg.Status.CONVERGED].tolist() == [4, 4, 0]
+    assert sum(stats.reasons().values()) == 12 and stats.reasons()["CONVERGED"] == 8
+    assert mcg.SolverStats(*stats[:5]).reasons() == {}  # built by hand without counts
 
 
 def test_solve_in_scan_is_hidden():

@@ -65,6 +65,9 @@ class SolverStats(NamedTuple):
     def reasons(self) -> dict[str, int]:
         """``{status name: count}`` of the statuses that occurred (concrete values only).
 
+        Summed over any leading (batch) axes, as of ``jax.vmap(with_solver_stats(f))``;
+        empty when ``status_counts`` is None (statistics built by hand without it).
+
         Examples
         --------
         >>> import jax.numpy as jnp
@@ -73,8 +76,11 @@ class SolverStats(NamedTuple):
         >>> mcg.with_solver_stats(logp)(2.0)[1].reasons()
         {'CONVERGED': 1}
         """
+        if self.status_counts is None:
+            return {}
         counts = np.asarray(self.status_counts)
-        return {Status(i).name: int(c) for i, c in enumerate(counts) if c}
+        totals = counts.reshape(-1, counts.shape[-1]).sum(axis=0)
+        return {Status(i).name: int(c) for i, c in enumerate(totals) if c}
 
 
 def _float():
