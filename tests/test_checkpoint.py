@@ -96,7 +96,6 @@ def test_resume_after_sigkill_gives_the_uninterrupted_draws(tmp_path, uninterrup
     )
 
 
-@pytest.mark.slow  # two sampling runs (fast-tier budget)
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     path = tmp_path / "ck"
     mcg.sample(MODEL, checkpoint=path, **{**KW, "num_samples": 10})

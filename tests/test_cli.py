@@ -96,7 +96,6 @@ def _decimals(text):
     return max(len(d) for row in rows for d in re.findall(r"\d\.(\d+)", row))
 
 
-@pytest.mark.slow  # a full CLI sampling run (fast-tier budget)
 def test_sample_then_summary(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr("mcmc_customgrad._cache.configure_cache", lambda: calls.append(1))

@@ -50,9 +50,6 @@ SLOW_PAGES = {
     "sampling.md",
     "laplace.md",
     "diagnostics.md",
-    # The core's statuses and solver table (tests/test_status.py, test_solvers.py):
-    # moved to keep the fast tier under 10 minutes on 2 cores.
-    "core.md",
 }
 
 

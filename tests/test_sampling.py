@@ -247,7 +247,6 @@ def test_hmc_and_mala_kernels(kernel):
     assert idata.posterior.attrs["kernel"] == kernel
 
 
-@pytest.mark.slow  # two sampling runs (fast-tier budget)
 def test_sequential_chains_run_one_at_a_time_with_the_same_keys():
     # Same keys and starts: the sequential and the vectorized programs agree up to
     # rounding (they are different programs: batched and unbatched code may round the
@@ -316,7 +315,6 @@ def test_rhat_warning_prints_three_decimals():
 # in a process with XLA_FLAGS=--xla_force_host_platform_device_count=4.
 
 
-@pytest.mark.slow  # two sampling runs (fast-tier budget)
 def test_parallel_with_one_device_warns_and_runs_vectorized():
     with pytest.warns(mcg.SamplingWarning, match="run vectorized"):
         idata = mcg.sample(EXAMPLE.model, chain_method="parallel", **SMALL)
@@ -346,7 +344,6 @@ def _shifted_x(params, key):
     return {"x_plus_noise": params["x"] + jax.random.normal(key, params["x"].shape)}
 
 
-@pytest.mark.slow  # three sampling runs (fast-tier budget)
 def test_generated_quantities_are_in_the_posterior_and_do_not_depend_on_chunks(tmp_path):
     run = dict(SMALL, generated_quantities=_shifted_x)
     whole = mcg.sample(EXAMPLE.reference, **run)
