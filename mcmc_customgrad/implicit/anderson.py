@@ -54,13 +54,18 @@ def _done(y, r, y_prev, r_prev, r0_norm, rtol, atol):
 
 def _result(y, ok, k, r, y_prev, r_prev, rtol, atol):
     """The result with status: the secant distance estimate is the error estimate."""
-    error = jnp.where(max_norm(r) == 0, 0.0, _secant_step_norm(y, r, y_prev, r_prev))
+    distance = _secant_step_norm(y, r, y_prev, r_prev)
+    return _result_from_norms(y, ok, k, max_norm(r), distance, max_norm(y), rtol, atol)
+
+
+def _result_from_norms(y, ok, k, r_norm, distance, y_norm, rtol, atol):
+    """:func:`_result` from the max-norms of the residual and of ``y`` (NaN-sticky)."""
+    error = jnp.where(r_norm == 0, 0.0, distance)
     error = jnp.where(jnp.isnan(error), jnp.inf, error)
-    finite = jnp.all(jnp.isfinite(r))
     status = status_of(
-        ok, finite=finite, error_estimate=error, y_norm=max_norm(y), rtol=rtol, atol=atol
+        ok, finite=jnp.isfinite(r_norm), error_estimate=error, y_norm=y_norm, rtol=rtol, atol=atol
     )
-    return SolverResult(y, ok, k, max_norm(r), status, error.astype(y.dtype))
+    return SolverResult(y, ok, k, r_norm, status, error.astype(y.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,17 +392,7 @@ def _iterate_while_fast(residual, y0, rtol, atol, max_steps, rate, patience):
         return _Iteration(y, r, r_norm, y_norm, distance, done, s.k + 1, slow, best_y, best_norm)
 
     s = lax.while_loop(cond, body, state0)
-    error = jnp.where(s.r_norm == 0, 0.0, s.distance)
-    error = jnp.where(jnp.isnan(error), jnp.inf, error)
-    status = status_of(
-        s.done,
-        finite=jnp.isfinite(s.r_norm),
-        error_estimate=error,
-        y_norm=s.y_norm,
-        rtol=rtol,
-        atol=atol,
-    )
-    return s, SolverResult(s.y, s.done, s.k, s.r_norm, status, error.astype(s.y.dtype))
+    return s, _result_from_norms(s.y, s.done, s.k, s.r_norm, s.distance, s.y_norm, rtol, atol)
 
 
 def _done_from_norms(r_norm, y_norm, distance, r0_norm, rtol, atol):
