@@ -90,8 +90,10 @@ _STATUS_MESSAGES = {
         "the residual is within tolerance, but y is known only to info.error_estimate, "
         "more than 10 times the step tolerance: the Jacobian (Hessian) is singular or "
         "nearly so at the solution (a double root, a flat or quartic minimum), where y "
-        "converges slowly and the solver could not go on (Newton goes on where it can). "
-        "The objective's value there is still accurate (its error is of higher order "
+        "converges slowly and the solver could not go on (Newton goes on where it can), "
+        "or a continuum of solutions (a network with a dead unit), where the solver "
+        "stopped making progress with the residual within tolerance (the error estimate "
+        "is then inf). The objective's value there is still accurate (its error is of higher order "
         "than y's), y itself is not."
     ),
     Status.MAX_STEPS: (
@@ -258,11 +260,35 @@ class Tracker(NamedTuple):
         """True once ``window`` passes in a row made no progress."""
         return self.stall >= window
 
-    def result(self, y, ok, num_steps, residual, *, rtol, atol, window, delta=jnp.inf, finite=True):
-        """The :class:`SolverResult` with status and error estimate."""
+    def result(
+        self,
+        y,
+        ok,
+        num_steps,
+        residual,
+        *,
+        rtol,
+        atol,
+        window,
+        delta=jnp.inf,
+        finite=True,
+        residual_ok=False,
+    ):
+        """The :class:`SolverResult` with status and error estimate.
+
+        ``residual_ok`` says whether the residual test alone
+        (:func:`residual_within`) passes at ``y``. A solve that stagnated there is
+        accepted: no step improves ``y`` any more, and the optimality condition holds to
+        tolerance, which is what a solution whose Jacobian (Hessian) is singular looks
+        like at the end (a minimum in a continuum of minima, as a network with a dead
+        unit has). Its status is ``DEGENERATE`` unless the error estimate says that ``y``
+        is known to tolerance after all; the estimate is ``inf`` where the last steps
+        made no progress (``y`` is then not determined by the residual).
+        """
         y_norm = max_norm(y)
         r = max_norm(residual)
         error = secant_error(r, self.previous, self.step, delta, atol + rtol * y_norm)
+        ok = ok | (self.stagnated(window) & residual_ok & jnp.asarray(finite))
         status = status_of(
             ok,
             finite=jnp.asarray(finite) & jnp.isfinite(r),

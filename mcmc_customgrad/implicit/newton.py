@@ -36,15 +36,16 @@ class Newton(Solver):
 
     For a minimum the step solves ``(H + mu I) p = -g`` (Cholesky; elimination for
     up to 12 unknowns) with ``mu = lam |g|``, vanishing once the gradient passes its
-    test. For a root (and a fixed point, as the root of ``T(y) - y``) the step is the
-    plain Newton step ``J p = -F`` (one LU factorisation), and the Levenberg-Marquardt
-    step ``(J'J + mu I) p = -J'F`` with ``mu = lam |F|`` replaces it when the Newton step
-    is not finite or not a descent direction for ``|F|^2``, or when the last step had to
-    be shortened (a poor Newton model). So convergence is quadratic near a regular
-    solution, while a singular Hessian or Jacobian (the seed-000 start ``y0 = 0`` of
-    ``|y|^3/3 - x y``, where plain Newton stalls) still gives a well-defined descent
-    step. ``lam`` shrinks after full steps and grows after shortened ones. The line
-    search rejects non-finite trial points.
+    test (``lam`` starts at ``DAMPING_START = 1e-3``). For a root (and a fixed point,
+    as the root of ``T(y) - y``) the step is the plain Newton step ``J p = -F`` (one LU
+    factorisation), and the Levenberg-Marquardt step ``(J'J + mu I) p = -J'F`` with
+    ``mu = lam |F|`` replaces it when the Newton step is not finite or not a descent
+    direction for ``|F|^2``, or when the last step had to be shortened (a poor Newton
+    model). So convergence is quadratic near a regular solution, while a singular
+    Hessian or Jacobian (the seed-000 start ``y0 = 0`` of ``|y|^3/3 - x y``, where plain
+    Newton stalls) still gives a well-defined descent step. ``lam`` shrinks after full
+    steps and grows after shortened ones. The line search rejects non-finite trial
+    points.
 
     With ``linear_solver`` (any :mod:`mcmc_customgrad.linear` solver but ``Dense``) the
     steps are solved by it instead, with the operator given as JVPs (Hessian-vector
@@ -69,6 +70,13 @@ class Newton(Solver):
     would take, so the test costs one Jacobian (Hessian), solve and evaluation at the
     last point, not an iteration.
 
+    The status (``info.status``, :class:`~mcmc_customgrad.Status`) is ``STAGNATED``
+    when the loop stopped for lack of progress with the residual above its tolerance,
+    ``MAX_STEPS`` when it ran out, and ``DEGENERATE`` when it converged slowly to a
+    singular solution, or stopped for lack of progress with the residual within its
+    tolerance (a minimum in a continuum of minima, as a network with a dead unit has;
+    the error estimate is then ``inf``). See :class:`~mcmc_customgrad.Status`.
+
     Parameters
     ----------
     rtol, atol : float, optional
@@ -89,13 +97,9 @@ class Newton(Solver):
         loop); with matrix-free or sparse steps by :class:`LBFGS` afterwards. BFGS
         builds its curvature from gradients and so is not misled by a singular
         Hessian. On Optimistix's 25-unknown ReLU network Newton alone stalls at a
-        gradient of 5e-6; with the fallback it converges. ``False`` makes
+        gradient of 5e-6; with the fallback the gradient falls below the tolerance
+        (below 1e-11). ``False`` makes
         ``max_steps`` a hard cap.
-
-    The status (``info.status``, :class:`~mcmc_customgrad.Status`) is ``STAGNATED``
-    when the loop stopped for lack of progress, ``MAX_STEPS`` when it ran out, and
-    ``DEGENERATE`` when it converged slowly to a singular solution (see
-    :class:`~mcmc_customgrad.Status`).
 
     Examples
     --------
@@ -236,6 +240,7 @@ def _newton_loop(
     atol,
     active=None,
     switch=None,
+    lam0=1.0,
 ):
     """The Newton iteration shared by minima and roots.
 
@@ -248,7 +253,8 @@ def _newton_loop(
     the loop at once, which is how most solves end. ``state0 = (y, aux)`` with ``aux``
     what ``direction``, ``backtrack_at`` and ``finite`` need (the value and gradient, or
     the residual); ``parts(aux) -> (merit, residual)``. The loop also stops after
-    ``STALL_NEWTON`` passes without progress (:class:`~._base.Tracker`).
+    ``STALL_NEWTON`` passes without progress (:class:`~._base.Tracker`). ``lam0`` is
+    the damping parameter's start (a root's Newton step is undamped unless ``lam > 1``).
 
     ``switch = (to_fallback, extra_steps)``, if given, changes method once instead of
     stopping: where the loop would stop for ``max_steps`` or stagnation, ``aux`` becomes
@@ -330,26 +336,38 @@ def _newton_loop(
     tracker0 = Tracker.start(max_norm(r0), merit0)
     limit0 = jnp.asarray(max_steps, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
-    state = (y0, aux0, one, zero, false, false, stop0, tracker0, no_step, false, limit0)
+    state = (y0, aux0, lam0 * one, zero, false, false, stop0, tracker0, no_step, false, limit0)
     y, aux, _, k, small, ok, _, tracker, delta, switched, _ = lax.while_loop(cond, body, state)
     ok = (ok | done(y, aux, delta, small)) & finite(aux)
     return y, aux, k, ok, tracker, delta, switched
 
 
-def _finish(y, aux, k, ok, tracker, delta, switched, *, parts, rtol, atol, finite):
+def _finish(y, aux, k, ok, tracker, delta, switched, *, kind, parts, rtol, atol, finite):
     """The :class:`SolverResult` of a Newton loop (status and error estimate)."""
+    merit, residual = parts(aux)
+    # For a minimum the merit is the objective, whose size scales the gradient's test;
+    # roots and fixed points do not use it.
+    scale = residual_scale(kind, y, merit)
     return tracker.result(
         y,
         ok,
         k,
-        parts(aux)[1],
+        residual,
         rtol=rtol,
         atol=atol,
         window=jnp.where(switched, STALL_QUASI_NEWTON, STALL_NEWTON),
         delta=delta,
         finite=finite(aux),
+        residual_ok=residual_within(max_norm(residual), scale, rtol, atol),
     )
 
+
+#: Starting ``lam`` of a minimum's damping ``mu = lam |g|``. Small, so that the first
+#: step on a convex objective is nearly Newton's own: with ``lam = 1`` a gradient of 0.34
+#: against a smallest curvature of 0.04 (Matyas' function from ``(6, 6)``) shortens the
+#: first step tenfold, and six passes instead of three follow. Where the Hessian is
+#: singular or indefinite, shortened steps raise ``lam`` fourfold per pass.
+DAMPING_START = 1e-3
 
 #: Passes the BFGS fallback of the dense Newton minimiser may take (BFGS's own default).
 FALLBACK_STEPS = 1000
@@ -467,8 +485,9 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps, fallback=True):
         rtol,
         atol,
         switch=(to_bfgs, FALLBACK_STEPS) if fallback else None,
+        lam0=DAMPING_START,
     )
-    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
+    return _finish(*out, kind=problem.kind, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
 
 def _newton_root(problem, y0, params, rtol, atol, max_steps, active=None):
@@ -544,7 +563,7 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps, active=None):
     out = _newton_loop(
         direction, backtrack_at, done, finite, parts, (y0, r0), max_steps, rtol, atol, active
     )
-    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
+    return _finish(*out, kind=problem.kind, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
 
 # ------------------------------------------------------------------ operator (pluggable) path
@@ -643,7 +662,7 @@ def _newton_root_operator(problem, y0, params, rtol, atol, max_steps, linear_sol
         atol,
         active,
     )
-    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
+    return _finish(*out, kind=problem.kind, parts=parts, rtol=rtol, atol=atol, finite=finite)
 
 
 def _newton_min_operator(problem, y0, params, rtol, atol, max_steps, linear_solver):
@@ -726,5 +745,6 @@ def _newton_min_operator(problem, y0, params, rtol, atol, max_steps, linear_solv
         max_steps,
         rtol,
         atol,
+        lam0=DAMPING_START,
     )
-    return _finish(*out, parts=parts, rtol=rtol, atol=atol, finite=finite)
+    return _finish(*out, kind=problem.kind, parts=parts, rtol=rtol, atol=atol, finite=finite)

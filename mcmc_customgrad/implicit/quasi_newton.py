@@ -16,6 +16,8 @@ from ._base import (
     Tracker,
     converged_within,
     max_norm,
+    residual_scale,
+    residual_within,
     validate_positive_int,
     validate_tolerance,
 )
@@ -88,6 +90,7 @@ def _result(done, rtol, atol, y, fy, g, p, informed, k, tracker):
         window=STALL_QUASI_NEWTON,
         delta=delta,
         finite=jnp.isfinite(fy),
+        residual_ok=residual_within(max_norm(g), residual_scale("argmin", g, fy), rtol, atol),
     )
 
 
@@ -200,7 +203,9 @@ class LBFGS(Solver):
     Laplace marginal it never stops silently: running out of ``max_steps`` gives NaN
     and ``converged=False`` (status ``MAX_STEPS``), and ``STALL_QUASI_NEWTON = 25``
     steps in a row without progress in the objective or the gradient stop it early
-    (``STAGNATED``), where a gradient has hit its rounding floor above the tolerance.
+    (``STAGNATED``), where a gradient has hit its rounding floor above the tolerance;
+    a stall with the gradient within its tolerance is accepted as ``DEGENERATE`` (the
+    minimiser is not unique, or not determined to rounding).
     Where the objective is flat to rounding the line search accepts a step that lowers
     the gradient norm (see :func:`~mcmc_customgrad.implicit._linesearch.backtrack`).
 
