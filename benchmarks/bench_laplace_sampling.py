@@ -36,7 +36,7 @@ jax.config.update("jax_enable_x64", True)
 import blackjax  # noqa: E402
 
 import mcmc_customgrad as mcg  # noqa: E402
-from mcmc_customgrad.diagnostics import _arviz  # noqa: E402
+from mcmc_customgrad import _arviz  # noqa: E402
 
 PARAMS = ("rho", "alpha")
 

@@ -31,7 +31,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import mcmc_customgrad as mcg  # noqa: E402
-from mcmc_customgrad.diagnostics._arviz import ess, rhat  # noqa: E402
+from mcmc_customgrad._arviz import ess, rhat  # noqa: E402
 
 
 def run(model, args):

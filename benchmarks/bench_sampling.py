@@ -60,7 +60,7 @@ from jax.scipy.optimize import minimize  # noqa: E402
 from jax.scipy.stats import norm  # noqa: E402
 
 import mcmc_customgrad as mcg  # noqa: E402
-from mcmc_customgrad.diagnostics._arviz import ess, rhat  # noqa: E402
+from mcmc_customgrad._arviz import ess, rhat  # noqa: E402
 from mcmc_customgrad.models.conjugate import conjugate_inner  # noqa: E402
 
 D = 10

@@ -14,11 +14,9 @@ Examples
 0.560491
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
-
 from . import laplace, models, stable
 from ._precision import Float32Warning
+from ._version import __version__
 from .caches import clear_caches
 from .diagnostics import (
     ComparisonReport,
@@ -51,11 +49,6 @@ from .implicit import (
 from .laplace import laplace_latent_draws, laplace_log_marginal, latent_gaussian_log_marginal
 from .logdensity import Constraint, Model, interval, positive, real
 from .sampling import CheckpointError, InitializationError, sample
-
-try:
-    __version__ = _version("mcmc_customgrad")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
 
 __all__ = [
     "root",

@@ -14,12 +14,112 @@ fill JAX's own caches: call :func:`clear_caches` between unrelated jobs.
 
 from __future__ import annotations
 
+import collections
+import functools
 import gc
 import sys
+from collections.abc import Callable
 
 import jax
 
-__all__ = ["clear_caches"]
+__all__ = ["clear_caches", "LRU", "lru_cache", "register"]
+
+# What clear_caches empties: one zero-argument function per cache, registered by the
+# cache itself when its module is imported (so this module imports nothing of the
+# package, and a new cache cannot be forgotten here).
+_CLEARERS: list[Callable[[], None]] = []
+
+
+def register(clear: Callable[[], None]) -> Callable[[], None]:
+    """Have :func:`clear_caches` call ``clear`` (a function that empties one cache).
+
+    Returns ``clear``. For caches that are neither an :class:`LRU` nor built by
+    :func:`lru_cache`, which register themselves.
+
+    Examples
+    --------
+    >>> import weakref
+    >>> from mcmc_customgrad.caches import register
+    >>> seen = weakref.WeakKeyDictionary()
+    >>> _ = register(seen.clear)
+    """
+    _CLEARERS.append(clear)
+    return clear
+
+
+class LRU:
+    """A bounded least-recently-used map of compiled programs that registers itself.
+
+    Parameters
+    ----------
+    maxsize : int
+        Entries kept; the least recently used is dropped beyond it.
+
+    Examples
+    --------
+    >>> from mcmc_customgrad.caches import LRU
+    >>> cache = LRU(2)
+    >>> cache.put("a", 1); cache.put("b", 2); cache.put("c", 3)
+    >>> cache.get("a"), cache.get("c"), len(cache)
+    (None, 3, 2)
+    >>> cache.get_or_build("d", lambda: 4)
+    4
+    """
+
+    def __init__(self, maxsize: int):
+        self.maxsize = int(maxsize)
+        self.data: collections.OrderedDict = collections.OrderedDict()
+        register(self.clear)
+
+    def get(self, key):
+        """The value stored under ``key`` (now the most recently used), or None."""
+        value = self.data.get(key)
+        if value is not None:
+            self.data.move_to_end(key)
+        return value
+
+    def put(self, key, value) -> None:
+        """Store ``value`` under ``key``, dropping the least recently used beyond ``maxsize``."""
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.maxsize:
+            self.data.popitem(last=False)
+
+    def get_or_build(self, key, build: Callable[[], object]):
+        """The value under ``key``, built by ``build()`` and stored if there is none."""
+        value = self.get(key)
+        if value is None:
+            value = build()
+            self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self.data.clear()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def lru_cache(maxsize: int):
+    """:func:`functools.lru_cache` whose cache :func:`clear_caches` empties.
+
+    Examples
+    --------
+    >>> from mcmc_customgrad.caches import lru_cache
+    >>> @lru_cache(maxsize=8)
+    ... def square(x):
+    ...     return x * x
+    >>> square(3), square.cache_info().currsize
+    (9, 1)
+    """
+
+    def decorate(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+        register(cached.cache_clear)
+        return cached
+
+    return decorate
 
 
 def clear_caches() -> None:
@@ -33,34 +133,8 @@ def clear_caches() -> None:
     >>> import mcmc_customgrad as mcg
     >>> mcg.clear_caches()
     """
-    from .diagnostics.calibration import _CACHE as _SBC_CACHE
-    from .diagnostics.calibration import _ecdf_null
-    from .implicit._sparsity import _DETECTED
-    from .implicit.envelope import _compiled_value
-    from .implicit.root import _PROBLEMS, _compiled_core
-    from .implicit.stats import _nested
-    from .laplace import _CACHE as _LAPLACE_CACHE
-    from .laplace import _CHECKED, _compiled_generic
-    from .sampling._chains import _CACHE
-    from .sampling.sample import _draw_one, _draw_pass, _value_and_grad_batched
-
-    _PROBLEMS.data.clear()
-    _DETECTED.clear()
-    for cached in (
-        _compiled_core,
-        _compiled_value,
-        _nested,
-        _draw_one,
-        _draw_pass,
-        _value_and_grad_batched,
-    ):
-        cached.cache_clear()
-    _CACHE.clear()
-    _SBC_CACHE.clear()
-    _LAPLACE_CACHE.data.clear()
-    _CHECKED.data.clear()
-    _compiled_generic.cache_clear()
-    _ecdf_null.cache_clear()
+    for clear in _CLEARERS:
+        clear()
     jax.clear_caches()
     # SuiteSparse's symbolic analyses and LU/Cholesky factors of mcg.linear.Sparse
     # (docs/large.md, Memory); gigabytes at 10^6 unknowns. Not imported for this alone.

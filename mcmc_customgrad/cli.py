@@ -391,7 +391,7 @@ def _summary_table(idata):
 
 def _print_diagnostics(idata, out) -> int:
     import mcmc_customgrad as mcg
-    from mcmc_customgrad.diagnostics import _arviz
+    from mcmc_customgrad import _arviz
 
     problems = mcg.diagnose(idata)
     stats = idata.sample_stats if "sample_stats" in _arviz.groups(idata) else {}
@@ -443,7 +443,7 @@ def _quick_run(example, warmup, draws, chains, seed, progress):
     import jax.numpy as jnp
     import numpy as np
 
-    from mcmc_customgrad.diagnostics import _arviz
+    from mcmc_customgrad import _arviz
     from mcmc_customgrad.sampling._kernels import Settings, draws_fn, warmup_fn
 
     model, reference = example.model, example.reference
@@ -784,7 +784,7 @@ def _load_run(path):
         raise UsageError(f"cannot read {path}: {err.strerror or err}.") from err
     except ValueError as err:  # not netCDF; the message names the path and what to give
         raise UsageError(str(err)) from err
-    from mcmc_customgrad.diagnostics import _arviz
+    from mcmc_customgrad import _arviz
 
     if not _arviz.is_inference_data(idata):
         raise UsageError(f"{path} has no posterior group.")
@@ -925,7 +925,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser():
-    from mcmc_customgrad import __version__
+    from mcmc_customgrad._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="mcmc-customgrad",

@@ -37,11 +37,11 @@ from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 from jax.scipy.special import gammaln
 
+from .caches import LRU, lru_cache
 from .implicit._base import SolverInfo, Status, max_norm
 from .implicit._linesearch import backtrack
 from .implicit.newton import Newton
 from .implicit.root import (
-    _LRU,
     build_core,
     check_options,
     finish,
@@ -340,9 +340,9 @@ def _as_args(args, where):
 
 #: Compiled latent-Gaussian programs, keyed by the closure-converted likelihood's jaxpr,
 #: input structure and options (``_CACHE.data.clear()`` empties it).
-_CACHE = _LRU(64)
+_CACHE = LRU(64)
 #: Likelihoods already checked for separability (eagerly, with concrete inputs).
-_CHECKED = _LRU(256)
+_CHECKED = LRU(256)
 
 
 def _convert_likelihood(where, log_likelihood, theta0, args):
@@ -390,7 +390,7 @@ def _convert_likelihood(where, log_likelihood, theta0, args):
 # ======================================================================= the generic path
 
 
-@functools.lru_cache(maxsize=64)
+@lru_cache(maxsize=64)
 def _compiled_generic(problem, solver, linear_solver, on_failure):
     argmin_core = build_core(problem, solver, linear_solver, on_failure)
     half_n_log_2pi = 0.5 * problem.n * _LOG_2PI

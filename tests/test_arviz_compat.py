@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mcmc_customgrad as mcg
-from mcmc_customgrad.diagnostics import _arviz
+from mcmc_customgrad import _arviz
 
 RNG = np.random.default_rng(0)
 POSTERIOR = {"x": RNG.normal(size=(4, 300, 2)), "mu": RNG.normal(size=(4, 300))}

@@ -7,7 +7,7 @@ import pytest
 from jax.scipy.stats import norm
 
 import mcmc_customgrad as mcg
-from mcmc_customgrad.diagnostics import _arviz
+from mcmc_customgrad import _arviz
 from mcmc_customgrad.diagnostics.gradients import GradientReport, check_gradients
 from mcmc_customgrad.models.conjugate import conjugate_inner
 

@@ -187,7 +187,7 @@ def test_usage_errors_exit_2_with_a_message(tmp_path, capsys, argv, message):
 def _runs(tmp_path, scale):
     import numpy as np
 
-    from mcmc_customgrad.diagnostics import _arviz
+    from mcmc_customgrad import _arviz
 
     rng = np.random.default_rng(0)
     paths = []

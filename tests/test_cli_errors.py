@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 import mcmc_customgrad as mcg
-from mcmc_customgrad import cli
-from mcmc_customgrad.diagnostics import _arviz
+from mcmc_customgrad import _arviz, cli
 
 
 def run(argv):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import signal, stats
 
-from mcmc_customgrad.diagnostics import _arviz
+from mcmc_customgrad import _arviz
 from mcmc_customgrad.diagnostics.compare import ComparisonReport, compare_chains, write_report
 
 D = 5

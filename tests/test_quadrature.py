@@ -18,7 +18,8 @@ from jax.scipy.stats import gamma, multivariate_normal, norm
 from scipy import special, stats
 
 import mcmc_customgrad as mcg
-from mcmc_customgrad.diagnostics import _arviz, quadrature
+from mcmc_customgrad import _arviz
+from mcmc_customgrad.diagnostics import quadrature
 from mcmc_customgrad.diagnostics.quadrature import quadrature_reference
 
 Z = 4.0  # standard errors allowed on draws (see the module notes)

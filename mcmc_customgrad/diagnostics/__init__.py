@@ -11,11 +11,13 @@
   a reference run when there is no closed form.
 - :func:`diagnose`: the post-run warnings of :func:`~mcmc_customgrad.sample`.
 
-Every ArviZ call lives in ``_arviz`` (the one module to change for ArviZ 1.x).
+Every ArviZ call lives in ``mcmc_customgrad._arviz`` (the one module to change for
+ArviZ 1.x), a leaf module below the sampler. :func:`diagnose` and
+:class:`SamplingWarning` live in :mod:`mcmc_customgrad.sampling` (the sampler runs them).
 """
 
-from ._arviz import load, save, summary, to_inference_data
-from ._checks import Diagnostic, SamplingWarning, diagnose
+from .._arviz import load, save, summary, to_inference_data
+from ..sampling import Diagnostic, SamplingWarning, diagnose
 from .calibration import SBCProblem, SBCReport, ecdf_bands, rank_chi_square, sbc, sbc_ranks
 from .compare import ComparisonReport, compare_chains, write_report
 from .coupled import CoupledReport, coupled_chains

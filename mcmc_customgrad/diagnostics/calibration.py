@@ -21,9 +21,7 @@ batch, and all their chains, in one ``vmap``.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 from .._errors import surface_solver_errors
+from ..caches import LRU, lru_cache
 from ..logdensity.constraints import Constraint
 from ..logdensity.model import Model
 from ..sampling._kernels import KERNELS, Settings, draws_fn, warmup_fn
@@ -413,7 +412,7 @@ def ecdf_bands(
     return out
 
 
-@functools.lru_cache(maxsize=32)
+@lru_cache(maxsize=32)
 def _ecdf_null(n: int, num_draws: int, num_trials: int, seed: int):
     """Pointwise statistics for every count, and the simulated null of their minimum.
 
@@ -905,18 +904,11 @@ def _sim_keys(root, start, count: int):
     return jax.vmap(lambda i: jax.random.fold_in(root, i))(start + jnp.arange(count))
 
 
-_CACHE: collections.OrderedDict = collections.OrderedDict()
-_CACHE_SIZE = 8
+_CACHE = LRU(8)
 
 
 def _cached(key, build):
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    fn = _CACHE[key] = build()
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return fn
+    return _CACHE.get_or_build(key, build)
 
 
 def _simulate_one(problem: SBCProblem, key):

@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as _stats
 
-from . import _arviz
+from .. import _arviz
 
 __all__ = ["ComparisonReport", "compare_chains", "write_report"]
 
@@ -457,7 +457,7 @@ class ComparisonReport:
     Examples
     --------
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> from mcmc_customgrad.diagnostics.compare import compare_chains
     >>> rng = np.random.default_rng(1)
     >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(4, 2500, 2))}, {})
@@ -756,7 +756,7 @@ def compare_chains(
     Examples
     --------
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> from mcmc_customgrad.diagnostics.compare import compare_chains
     >>> rng = np.random.default_rng(0)
     >>> ref = _arviz.to_inference_data({"x": rng.normal(size=(4, 2500, 3))}, {})
@@ -1288,7 +1288,7 @@ def write_report(report: ComparisonReport, out_dir, figures=True, *, max_panels=
     --------
     >>> import tempfile
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> from mcmc_customgrad.diagnostics.compare import compare_chains, write_report
     >>> rng = np.random.default_rng(0)
     >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(4, 500, 2))}, {})

@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from .._errors import surface_solver_errors
 from ..logdensity import Model
+from ..sampling.sample import Target, initial_positions
 
 __all__ = ["CoupledReport", "coupled_chains"]
 
@@ -322,10 +323,8 @@ def _flat_start(model, init, key):
         return flat, unravel, _labels_from_tree(tree)
     labels = _labels_from_model(model)
     if init is None:
-        from ..sampling.sample import _initial_positions, _Target
-
-        target = _Target(model, None, False, 1)
-        positions, _ = _initial_positions(target, key)
+        target = Target(model, None, False, 1)
+        positions, _ = initial_positions(target, key)
         flat = positions[0]
     elif isinstance(init, Mapping):
         flat = model.to_unconstrained(init)

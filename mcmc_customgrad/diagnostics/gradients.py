@@ -400,7 +400,7 @@ def _to_flat(point, model, dim, what):
 
 
 def _is_inference_data(obj) -> bool:
-    from . import _arviz
+    from .. import _arviz
 
     return _arviz.is_inference_data(obj)
 

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
-from . import _arviz
+from .. import _arviz
 
 __all__ = [
     "comparison_figures",
@@ -264,7 +264,7 @@ def plot_efficiency(report, path, *, max_panels=12):
     --------
     >>> import tempfile, pathlib
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> from mcmc_customgrad.diagnostics.compare import compare_chains
     >>> from mcmc_customgrad.diagnostics.plots import plot_efficiency
     >>> rng = np.random.default_rng(0)
@@ -290,7 +290,7 @@ def efficiency_entries(report):
     Examples
     --------
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> from mcmc_customgrad.diagnostics.compare import compare_chains
     >>> rng = np.random.default_rng(0)
     >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(4, 500))}, {})
@@ -332,7 +332,7 @@ def efficiency_figure(report, *, max_panels=12) -> Figure:
     Examples
     --------
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> from mcmc_customgrad.diagnostics.compare import compare_chains
     >>> rng = np.random.default_rng(0)
     >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(4, 500))}, {})
@@ -403,7 +403,7 @@ def comparison_figures(custom, reference, labels, report, out_dir, *, max_panels
     --------
     >>> import tempfile
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> from mcmc_customgrad.diagnostics.compare import compare_chains
     >>> rng = np.random.default_rng(0)
     >>> run = lambda: _arviz.to_inference_data({"x": rng.normal(size=(2, 200))}, {})

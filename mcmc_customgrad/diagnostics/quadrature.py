@@ -91,10 +91,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _arviz
 from .._errors import surface_solver_errors
 from .._precision import warn_if_float32
 from ..logdensity.model import Model
-from . import _arviz
 
 __all__ = ["quadrature_reference"]
 

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jax_core
 
+from ..caches import register
+
 __all__ = ["Structure", "structure_from_pattern", "detect_structure", "SparsityDetectionError"]
 
 
@@ -155,6 +157,7 @@ def structure_from_pattern(pattern, where: str = "mcmc_customgrad.linear.Sparse"
 
 #: Detected structures, per cached problem (a problem is built once per distinct code).
 _DETECTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+register(_DETECTED.clear)
 
 
 def detect_structure(problem, y0, params) -> Structure:

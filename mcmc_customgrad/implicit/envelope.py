@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
+from ..caches import lru_cache
 from .root import (
     build_core,
     finish,
@@ -20,7 +19,7 @@ from .root import (
 __all__ = ["min_value"]
 
 
-@functools.lru_cache(maxsize=256)
+@lru_cache(maxsize=256)
 def _compiled_value(problem, solver, linear_solver, on_failure):
     argmin_core = build_core(problem, solver, linear_solver, on_failure)
 

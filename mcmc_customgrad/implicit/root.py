@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import collections
-import functools
 import weakref
 from functools import partial
 
@@ -17,6 +15,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._precision import float32_hint, warn_if_float32
+from ..caches import LRU, lru_cache
 from ._base import KINDS, Problem, SolverError, SolverInfo, Status, status_of
 from ._sparsity import detect_structure
 from .linear import resolve_linear_solver
@@ -150,25 +149,7 @@ def prepare(kind: str, where: str, fun, y0, args):
     return problem, ravel_pytree(y0)[0], params
 
 
-class _LRU:
-    """A small least-recently-used map (the jaxpr travels beside its key, not in it)."""
-
-    def __init__(self, maxsize):
-        self.maxsize, self.data = maxsize, collections.OrderedDict()
-
-    def get(self, key):
-        value = self.data.get(key)
-        if value is not None:
-            self.data.move_to_end(key)
-        return value
-
-    def put(self, key, value):
-        self.data[key] = value
-        if len(self.data) > self.maxsize:
-            self.data.popitem(last=False)
-
-
-_PROBLEMS = _LRU(256)
+_PROBLEMS = LRU(256)
 
 
 def _build_problem(kind, jaxpr, out_tree, y0):
@@ -405,7 +386,7 @@ def jit_core(core):
     return jax.jit(mcg_implicit_core)
 
 
-@functools.lru_cache(maxsize=256)
+@lru_cache(maxsize=256)
 def _compiled_core(problem, solver, linear_solver, on_failure):
     return jit_core(build_core(problem, solver, linear_solver, on_failure))
 

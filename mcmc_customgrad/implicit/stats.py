@@ -20,6 +20,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from ..caches import lru_cache
 from ._base import Status
 from .root import CORE_NAME
 
@@ -221,7 +222,7 @@ def _eval(jaxpr, consts, args):
     return [read(v) for v in jaxpr.outvars], stats
 
 
-@functools.lru_cache(maxsize=64)
+@lru_cache(maxsize=64)
 def _nested(closed):
     """``jax.jit`` of :func:`_eval` on a jit equation's jaxpr (cached per jaxpr object)."""
     return jax.jit(lambda *args: _eval(closed.jaxpr, closed.consts, args))

@@ -590,7 +590,7 @@ def mcmc_to_inference_data(mcmc, attrs=None):
     >>> run.posterior["x"].shape, sorted(run.sample_stats.data_vars)[:3]
     ((1, 20), ['acceptance_rate', 'diverging', 'energy'])
     """
-    from ..diagnostics import to_inference_data
+    from .._arviz import to_inference_data
 
     posterior = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     extra = mcmc.get_extra_fields(group_by_chain=True)

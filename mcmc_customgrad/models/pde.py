@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 
@@ -14,6 +13,7 @@ import scipy.sparse.linalg
 from jax.scipy.stats import norm
 
 from .. import implicit
+from ..caches import lru_cache
 from ..logdensity import Model, real
 from ._base import Example
 
@@ -216,7 +216,7 @@ def steady_state(source, c: float = 0.0):
     return implicit.root(residual, jnp.zeros_like(source), source, linear_solver=linear_solver)
 
 
-@functools.lru_cache(maxsize=8)
+@lru_cache(maxsize=8)
 def _sparse_solver(m):
     # One solver configuration per grid size: the pattern is coloured once.
     return implicit.linear.Sparse(pattern=laplacian_pattern(m))
@@ -242,7 +242,7 @@ def _host_solve(a, c, source):
     raise RuntimeError(f"{_WHERE}: the host Newton solve for the simulated data did not converge.")
 
 
-@functools.lru_cache(maxsize=4)
+@lru_cache(maxsize=4)
 def _dense_laplacian(m):
     # Only the dense reference of the nonlinear member needs it (small m); cached so that
     # building models does not allocate n^2 numbers.

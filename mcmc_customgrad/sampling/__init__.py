@@ -1,6 +1,21 @@
-"""Sampling: Blackjax glue (kernels, warmup, multi-chain runs, checkpoints, progress)."""
+"""Sampling: Blackjax glue (kernels, warmup, multi-chain runs, checkpoints, progress).
+
+Also the Stan-style post-run warnings (:func:`diagnose`, :class:`SamplingWarning`, in
+``_warnings``; re-exported by :mod:`mcmc_customgrad.diagnostics`). The internal API the
+diagnostics build on: :class:`~mcmc_customgrad.sampling.sample.Target` and
+:func:`~mcmc_customgrad.sampling.sample.initial_positions` (starts),
+``_kernels`` (kernels, warmup and draw loops by settings).
+"""
 
 from ._checkpoint import CheckpointError
+from ._warnings import Diagnostic, SamplingWarning, diagnose
 from .sample import InitializationError, sample
 
-__all__ = ["sample", "InitializationError", "CheckpointError"]
+__all__ = [
+    "sample",
+    "InitializationError",
+    "CheckpointError",
+    "Diagnostic",
+    "SamplingWarning",
+    "diagnose",
+]

@@ -7,7 +7,6 @@ retraces nor recompiles, and compile time is measured apart from run time.
 
 from __future__ import annotations
 
-import collections
 import time
 
 import jax
@@ -16,17 +15,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["CHAIN_METHODS", "ChainMap", "TRACES"]
+from ..caches import LRU
+
+__all__ = ["CHAIN_METHODS", "ChainMap"]
 
 CHAIN_METHODS = ("vectorized", "parallel", "sequential")
 
-#: Number of times each one-chain function was traced (tests use it to prove that a
-#: second call does not recompile).
-TRACES: collections.Counter = collections.Counter()
-
-_CACHE: collections.OrderedDict = collections.OrderedDict()
 # Each entry holds ~1,000 memory mappings of machine code (see mcmc_customgrad.caches).
-_CACHE_SIZE = 16
+_CACHE = LRU(16)
 
 
 def _avals(args):
@@ -34,11 +30,13 @@ def _avals(args):
     return treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves)
 
 
-def _counted(name, fn):
+def _named(name, fn):
+    # The traced function carries the program's name ("chains_warmup"), which JAX's
+    # compilation logs and monitoring events report (the tests count traces by it).
     def wrapped(*args):
-        TRACES[name] += 1
         return fn(*args)
 
+    wrapped.__name__ = wrapped.__qualname__ = f"chains_{name}"
     return wrapped
 
 
@@ -87,14 +85,9 @@ class ChainMap:
             probe = args
         key = (name, static_key, self.method, self.num_devices, batched, _avals(probe))
         start = time.perf_counter()
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            compiled = _CACHE[key]
-        else:
-            compiled = self._build(name, fn, in_axes, batched).lower(*probe).compile()
-            _CACHE[key] = compiled
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
+        compiled = _CACHE.get_or_build(
+            key, lambda: self._build(name, fn, in_axes, batched).lower(*probe).compile()
+        )
         seconds = time.perf_counter() - start
 
         if self.method == "sequential":
@@ -130,7 +123,7 @@ class ChainMap:
         )
 
     def _build(self, name, fn, in_axes, batched):
-        fn = _counted(name, fn)
+        fn = _named(name, fn)
         if self.method == "sequential":
             return jax.jit(fn)
         mapped = jax.vmap(fn, in_axes=in_axes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import platform
 import time
@@ -14,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _arviz
 from .._cache import configure_cache
 from .._errors import surface_solver_errors
 from .._order import after
 from .._precision import warn_if_float32
-from ..diagnostics import _arviz
-from ..diagnostics._checks import SamplingWarning, diagnose
+from .._version import __version__
+from ..caches import lru_cache
 from ..implicit.stats import with_solver_stats
 from ..logdensity import Model
 from ._chains import CHAIN_METHODS, ChainMap
@@ -27,6 +27,7 @@ from ._checkpoint import Checkpoint
 from ._identity import density_fingerprint, outputs_fingerprint
 from ._kernels import KERNELS, Record, Settings, draws_fn, value_and_grad_fn, warmup_fn
 from ._progress import Progress, progress_enabled
+from ._warnings import SamplingWarning, diagnose
 
 __all__ = ["sample", "InitializationError"]
 
@@ -94,8 +95,14 @@ def _root_key(seed):
     return jax.random.key(int(seed)), int(seed)
 
 
-class _Target:
-    """What is sampled: the flat log-density, its layout and how to report draws."""
+class Target:
+    """What is sampled: the flat log-density, its layout and how to report draws.
+
+    Internal API of :mod:`mcmc_customgrad.sampling` for the diagnostics that drive
+    chains of their own (:func:`~mcmc_customgrad.diagnostics.coupled_chains`), with
+    :func:`initial_positions`: ``Target(model_or_logdensity, init, init_per_chain,
+    num_chains)`` as :func:`~mcmc_customgrad.sample` takes them.
+    """
 
     def __init__(self, model_or_logdensity, init, init_per_chain, num_chains):
         self.model = model_or_logdensity if isinstance(model_or_logdensity, Model) else None
@@ -255,7 +262,7 @@ def _describe(tree) -> str:
     return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", tree))
 
 
-@functools.lru_cache(maxsize=64)
+@lru_cache(maxsize=64)
 def _value_and_grad_batched(logdensity):
     return jax.jit(jax.vmap(value_and_grad_fn(logdensity)))
 
@@ -293,7 +300,7 @@ def _solver_note(logdensity, position, advice: bool = True) -> str:
     )
 
 
-def _why_not_finite(target: _Target, first, first_values, chain) -> str:
+def _why_not_finite(target: Target, first, first_values, chain) -> str:
     """Why chain ``chain``'s first start was refused: its values and, if so, the solver."""
     lp0, grad0 = first_values
     one = jax.tree.map(lambda x: x[chain], first)
@@ -301,8 +308,12 @@ def _why_not_finite(target: _Target, first, first_values, chain) -> str:
     return f"the log-density is {_number(lp0[chain])}, {detail}", one
 
 
-def _initial_positions(target: _Target, key, warn: bool = True):
+def initial_positions(target: Target, key, warn: bool = True):
     """Starts with a finite log-density and gradient, retrying failed chains.
+
+    Internal API of :mod:`mcmc_customgrad.sampling` (see :class:`Target`): returns
+    ``(positions, log_densities)``, one row per chain, or raises
+    :class:`InitializationError`.
 
     A given init (not a random draw) that had to be jittered is reported with a
     :class:`SamplingWarning` naming the chains and the reason, when ``warn``.
@@ -360,7 +371,7 @@ def _initial_positions(target: _Target, key, warn: bool = True):
 # ----------------------------------------------------------------------- per-draw pass
 
 
-@functools.lru_cache(maxsize=64)
+@lru_cache(maxsize=64)
 def _draw_one(logdensity, to_posterior, log_likelihood, solver_stats, generated=None, model=None):
     """What one draw writes: ``one(position, key) -> {group: {name: array}}``."""
     stats_fn = with_solver_stats(logdensity) if solver_stats else None
@@ -392,7 +403,7 @@ def _draw_one(logdensity, to_posterior, log_likelihood, solver_stats, generated=
     return one
 
 
-@functools.lru_cache(maxsize=64)
+@lru_cache(maxsize=64)
 def _draw_pass(one):
     return jax.jit(jax.vmap(one))
 
@@ -645,7 +656,7 @@ def sample(
     )
     num_chains, num_samples = int(num_chains), int(num_samples)
     key, seed_attr = _root_key(seed)
-    target = _Target(model_or_logdensity, init, init_per_chain, num_chains)
+    target = Target(model_or_logdensity, init, init_per_chain, num_chains)
     model = target.model
     to_posterior = model.to_constrained if model is not None else _Names(target.names)
     one_draw = _draw_one(
@@ -673,7 +684,7 @@ def sample(
     start = time.perf_counter()
     k_init, k_warm, k_draw = jax.random.split(key, 3)
     with progress.phase(f"compiling the log-density, checking {num_chains} starting points"):
-        positions, init_lp = _initial_positions(target, k_init, warn=warn)
+        positions, init_lp = initial_positions(target, k_init, warn=warn)
     timings["init_seconds"] = time.perf_counter() - start
 
     store = None
@@ -824,7 +835,7 @@ def sample(
     attrs = {
         "inference_library": "blackjax",
         "inference_library_version": blackjax.__version__,
-        "mcmc_customgrad_version": _version(),
+        "mcmc_customgrad_version": __version__,
         "jax_version": jax.__version__,
         "numpy_version": np.__version__,
         "python_version": platform.python_version(),
@@ -865,12 +876,6 @@ def _sha256(tree) -> str:
     for leaf in jax.tree.leaves(tree):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     return h.hexdigest()
-
-
-def _version():
-    from .. import __version__
-
-    return __version__
 
 
 def _table(records: Record, count: int, draw_pass, num_chains, keys) -> dict:

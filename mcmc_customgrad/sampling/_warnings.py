@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _arviz
 from ..implicit._base import Status
-from . import _arviz
 
 __all__ = ["Diagnostic", "SamplingWarning", "diagnose"]
 
@@ -76,7 +76,7 @@ def diagnose(idata) -> list[Diagnostic]:
     Examples
     --------
     >>> import numpy as np
-    >>> from mcmc_customgrad.diagnostics import _arviz
+    >>> from mcmc_customgrad import _arviz
     >>> import mcmc_customgrad as mcg
     >>> rng = np.random.default_rng(0)
     >>> idata = _arviz.to_inference_data(
