@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._args import element_label
+
 __all__ = [
     "arviz",
     "ARVIZ_1",
@@ -162,11 +164,8 @@ def _flat(dataset) -> dict:
     out = {}
     for name, da in dataset.data_vars.items():
         values = np.asarray(da.values)
-        if values.ndim == 0:
-            out[name] = float(values)
-        else:
-            for idx in np.ndindex(values.shape):
-                out[f"{name}[{','.join(map(str, idx))}]"] = float(values[idx])
+        for idx in np.ndindex(values.shape):
+            out[element_label(name, idx)] = float(values[idx])
     return out
 
 

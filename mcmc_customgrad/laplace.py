@@ -37,6 +37,7 @@ from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 from jax.scipy.special import gammaln
 
+from ._args import typeof
 from .caches import LRU, lru_cache
 from .implicit._base import SolverInfo, Status, max_norm
 from .implicit._linesearch import backtrack
@@ -63,9 +64,6 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-# jax.typeof replaced jax.core.get_aval (removed in JAX 0.10); keep both spellings working.
-_typeof = getattr(jax, "typeof", None) or jax.core.get_aval
 
 
 class LatentPosterior(NamedTuple):
@@ -346,10 +344,11 @@ _CHECKED = LRU(256)
 
 
 def _convert_likelihood(where, log_likelihood, theta0, args):
-    """Closure-convert ``log_likelihood`` and check what it returns (rule 4).
+    """Closure-convert ``log_likelihood`` and check what it returns.
 
     Returns ``(key, ll, consts)`` where ``ll(theta, (args, consts))`` is the scalar total
-    log-likelihood and every value the user's function captures is in ``consts``.
+    log-likelihood and every value the user's function captures is in ``consts``, an
+    explicit argument, so that derivatives reach captured values.
     """
     if not callable(log_likelihood):
         raise TypeError(
@@ -376,7 +375,7 @@ def _convert_likelihood(where, log_likelihood, theta0, args):
             f"got [{shapes}]."
         )
     jaxpr, consts = closed.jaxpr, tuple(closed.consts)
-    avals = tuple(_typeof(x) for x in jax.tree.leaves((theta0, args, consts)))
+    avals = tuple(typeof(x) for x in jax.tree.leaves((theta0, args, consts)))
     key = (str(jaxpr), jax.tree.structure((theta0, args, consts)), avals)
 
     def ll(theta, params):
@@ -760,7 +759,7 @@ def _build_latent(ll, rtol, atol, max_steps, on_failure):
     # term is linear in φ̇, so JAX transposes the rule for reverse mode; no Newton
     # iteration and no Cholesky is differentiated at first order. The rule takes f* from
     # mode_core, whose own custom_jvp (the IFT) supplies ḟ* whenever this rule is itself
-    # differentiated, so second derivatives are right too (rule 2 of the design).
+    # differentiated, so second derivatives are right too.
     # Failed solves: linearised at the mean with tangents masked before and after (the
     # "double where"), so no NaN reaches shared parameters' cotangents.
     @value_core.defjvp
@@ -810,7 +809,7 @@ def _latent_setup(where, log_likelihood, cov, theta0, args, mean, solver, full_o
     key, ll, consts = _convert_likelihood(where, log_likelihood, theta0, args)
     rtol, atol = solver.tolerances(theta0.dtype)
     params = (cov, mean, (args, consts))
-    full_key = (*key, _typeof(cov), rtol, atol, solver.max_steps, on_failure)
+    full_key = (*key, typeof(cov), rtol, atol, solver.max_steps, on_failure)
     if key not in _CHECKED.data and _concrete(theta0, params):
         _check_separable(where, ll, theta0, (args, consts))
         _CHECKED.put(key, True)
@@ -884,8 +883,8 @@ def latent_gaussian_log_marginal(
     theta0 : (n,) float array
         Newton start (``jnp.zeros(n)`` is usual); no derivative flows to it, and the
         result depends on it only within the tolerance. Make it a function of the
-        position alone (rule 8: no warm start carried between evaluations, or the
-        density depends on the sampler's path). A start other than ``mean`` costs
+        position alone (no warm start carried between evaluations, or the density
+        depends on the sampler's path). A start other than ``mean`` costs
         a Cholesky of ``cov`` (to express it as ``a = cov^-1 (theta0 - mean)``); if that
         fails, the solve starts at ``mean``.
     *args : pytrees of arrays

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mcmc_customgrad"
 NAME = "mcmc_customgrad"
 
 LAYERS = {
-    0: ["_arviz", "_cache", "_order", "_precision", "_version", "caches", "stable"],
+    0: ["_args", "_arviz", "_cache", "_order", "_precision", "_version", "caches", "stable"],
     1: ["implicit", "_errors"],
     2: ["logdensity", "laplace"],
     3: ["models", "sampling"],

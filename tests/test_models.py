@@ -93,9 +93,9 @@ def test_registry_and_argument_checks():
     }
     with pytest.raises(ValueError, match="p must be > 1"):
         mcg.models.conjugate(p=1.0)
-    with pytest.raises(ValueError, match="d must be a positive integer"):
+    with pytest.raises(ValueError, match="d must be an integer >= 1"):
         mcg.models.conjugate(d=0)
-    with pytest.raises(ValueError, match="num_obs must be a positive integer"):
+    with pytest.raises(ValueError, match="num_obs must be an integer >= 1"):
         mcg.models.kepler(num_obs=0)
-    with pytest.raises(ValueError, match="num_features must be a positive integer"):
+    with pytest.raises(ValueError, match="num_features must be an integer >= 1"):
         mcg.models.ridge(num_features=0)

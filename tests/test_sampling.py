@@ -207,7 +207,7 @@ def test_failed_inner_solves_are_rejected_counted_and_warned():
     assert failures.sum() > 0
     assert idata.posterior.attrs["num_warmup_solver_failures"] > 0
     # Truncated normal mean: -phi(1) / Phi(1) = -0.2876, within 5 MC standard errors.
-    ess = float(mcg.diagnostics._arviz.ess(idata)["x[0]"])
+    ess = float(mcg._arviz.ess(idata)["x[0]"])
     mean, sd = float(x.mean()), float(x.std())
     assert abs(mean + 0.287600) < 5 * sd / np.sqrt(ess)
     # The failures are not reported as divergences.

@@ -322,7 +322,7 @@ def test_hybrid_under_vmap_mixes_both_stages():
 def test_iterate_then_newton_validation():
     with pytest.raises(ValueError, match="rate must be in"):
         mcg.solvers.IterateThenNewton(rate=1.0)
-    with pytest.raises(ValueError, match="patience must be a positive integer"):
+    with pytest.raises(ValueError, match="patience must be an integer >= 1"):
         mcg.solvers.IterateThenNewton(patience=0)
     with pytest.raises(TypeError, match="newton must be None or a Newton"):
         mcg.solvers.IterateThenNewton(newton=mcg.solvers.BFGS())

@@ -118,14 +118,14 @@ def test_cg_rejects_nonsymmetric_problem():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: mcg.solvers.Newton(max_steps=0), "max_steps must be a positive integer"),
+        (lambda: mcg.solvers.Newton(max_steps=0), "max_steps must be an integer >= 1"),
         (lambda: mcg.solvers.Newton(rtol=-1.0), "rtol must be finite and >= 0"),
         (lambda: mcg.solvers.BFGS(atol=float("nan")), "atol must be finite"),
-        (lambda: mcg.solvers.LBFGS(memory=0), "memory must be a positive integer"),
+        (lambda: mcg.solvers.LBFGS(memory=0), "memory must be an integer >= 1"),
         (lambda: mcg.solvers.Anderson(damping=1.5), r"damping must be in \(0, 1\]"),
         (lambda: mcg.solvers.Chandrupatla(bracket=(0.0,)), "bracket must be None"),
         (lambda: mcg.linear.Dense("qr"), "method must be 'lu' or 'cholesky'"),
-        (lambda: mcg.linear.GMRES(restart=0), "restart must be a positive integer"),
+        (lambda: mcg.linear.GMRES(restart=0), "restart must be an integer >= 1"),
     ],
 )
 def test_solver_config_validation(make, match):

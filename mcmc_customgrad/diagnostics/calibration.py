@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from .._args import check_int, flat_labels
 from .._errors import surface_solver_errors
 from ..caches import LRU, lru_cache
 from ..logdensity.constraints import Constraint
@@ -191,13 +192,7 @@ def _resolve_problem(model_builder) -> SBCProblem:
 
 def _component_names(params: Mapping) -> list[str]:
     """``mu``, ``x[0]``, ``x[0,1]``: one name per scalar, in layout order."""
-    names = []
-    for name, c in params.items():
-        if c.shape == ():
-            names.append(name)
-        else:
-            names.extend(f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*c.shape))
-    return names
+    return flat_labels((name, c.shape) for name, c in params.items())
 
 
 def _flatten(values: Mapping, params: Mapping, lead: int):
@@ -612,7 +607,7 @@ class SBCReport:
         if len(n) != 1 or len(next(iter(n))) != 1:
             raise ValueError(f"SBCReport.from_ranks: ranks must be 1-d of one length, got {n}.")
         n = next(iter(n))[0]
-        num_draws = _check_int("num_draws", num_draws, 1)
+        num_draws = check_int("sbc", "num_draws", num_draws, 1)
         for name, r in ranks.items():
             if n and (r.min() < 0 or r.max() > num_draws):
                 raise ValueError(
@@ -880,12 +875,6 @@ class SBCReport:
 
 
 # ---------------------------------------------------------------------------- simulation
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"sbc: {name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _shapes(tree):
@@ -1215,15 +1204,15 @@ def sbc(
     >>> bool(((report.ranks["mu"] >= 0) & (report.ranks["mu"] <= 9)).all())
     True
     """
-    num_simulations = _check_int("num_simulations", num_simulations, 1)
-    num_draws = _check_int("num_draws", num_draws, 1)
-    num_chains = _check_int("num_chains", num_chains, 1)
-    num_warmup = _check_int("num_warmup", num_warmup, 0)
-    num_samples = _check_int("num_samples", num_samples, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    bins = _check_int("bins", bins, 2)
-    ecdf_trials = _check_int("ecdf_trials", ecdf_trials, 100)
-    max_treedepth = _check_int("max_treedepth", max_treedepth, 1)
+    num_simulations = check_int("sbc", "num_simulations", num_simulations, 1)
+    num_draws = check_int("sbc", "num_draws", num_draws, 1)
+    num_chains = check_int("sbc", "num_chains", num_chains, 1)
+    num_warmup = check_int("sbc", "num_warmup", num_warmup, 0)
+    num_samples = check_int("sbc", "num_samples", num_samples, 1)
+    batch_size = check_int("sbc", "batch_size", batch_size, 1)
+    bins = check_int("sbc", "bins", bins, 2)
+    ecdf_trials = check_int("sbc", "ecdf_trials", ecdf_trials, 100)
+    max_treedepth = check_int("sbc", "max_treedepth", max_treedepth, 1)
     if num_draws > num_chains * num_samples:
         raise ValueError(
             f"sbc: num_draws = {num_draws} exceeds the {num_chains * num_samples} draws of "

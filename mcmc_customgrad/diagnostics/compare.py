@@ -65,6 +65,7 @@ import numpy as np
 from scipy import stats as _stats
 
 from .. import _arviz
+from .._args import element_labels
 
 __all__ = ["ComparisonReport", "compare_chains", "write_report"]
 
@@ -123,10 +124,7 @@ def _columns(posterior, names, side):
         values = np.asarray(da.values, dtype=float)
         shape = values.shape[2:]
         shapes[name] = shape
-        if shape:
-            labels += [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(shape)]
-        else:
-            labels.append(name)
+        labels += element_labels(name, shape)
         blocks.append(values.reshape(values.shape[0], values.shape[1], -1))
     draws = np.concatenate(blocks, axis=-1)
     bad = ~np.isfinite(draws).all(axis=(0, 1))

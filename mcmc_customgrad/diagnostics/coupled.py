@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from .._args import check_int, flat_labels
 from .._errors import surface_solver_errors
 from ..logdensity import Model
 from ..sampling.sample import Target, initial_positions
@@ -233,12 +234,6 @@ def _fmt(value) -> str:
 # ----------------------------------------------------------------------------- input
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"coupled_chains: {name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _check_fraction(name, value, low, high, closed_high=True):
     ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool)
     ok = ok and low < value and (value <= high if closed_high else value < high)
@@ -272,21 +267,15 @@ def _as_density(obj, which):
 
 
 def _labels_from_model(model):
-    return [
-        f"{n}[{','.join(map(str, i))}]" if c.shape else n
-        for n, c in model.constraints.items()
-        for i in np.ndindex(c.shape)
-    ]
+    return flat_labels((n, c.shape) for n, c in model.constraints.items())
 
 
 def _labels_from_tree(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    labels = []
-    for p, leaf in leaves:
-        name = jax.tree_util.keystr(p, simple=True, separator=".") or "x"
-        shape = np.shape(leaf)
-        labels += [f"{name}[{','.join(map(str, i))}]" if shape else name for i in np.ndindex(shape)]
-    return labels
+    return flat_labels(
+        (jax.tree_util.keystr(p, simple=True, separator=".") or "x", np.shape(leaf))
+        for p, leaf in leaves
+    )
 
 
 def _check_float_tree(tree):
@@ -527,10 +516,12 @@ def coupled_chains(
     >>> print(str(bad).splitlines()[0])
     FAILED: 1 of 3 checks failed: coupled chains (hmc, 30 transitions, step size 0.5)
     """
-    num_steps = _check_int("num_steps", num_steps, 1)
-    num_compare = min(_check_int("num_compare", num_compare, 1), num_steps)
-    max_treedepth = _check_int("max_treedepth", max_treedepth, 1)
-    num_integration_steps = _check_int("num_integration_steps", num_integration_steps, 1)
+    num_steps = check_int("coupled_chains", "num_steps", num_steps, 1)
+    num_compare = min(check_int("coupled_chains", "num_compare", num_compare, 1), num_steps)
+    max_treedepth = check_int("coupled_chains", "max_treedepth", max_treedepth, 1)
+    num_integration_steps = check_int(
+        "coupled_chains", "num_integration_steps", num_integration_steps, 1
+    )
     if kernel not in KERNELS:
         raise ValueError(f"coupled_chains: unknown kernel {kernel!r}; choose one of {KERNELS}.")
     if sd not in SD_SOURCES:
@@ -548,7 +539,7 @@ def coupled_chains(
             "or neither (to adapt them on the reference)."
         )
     if adapt:
-        num_warmup = _check_int("num_warmup", num_warmup, 1)
+        num_warmup = check_int("coupled_chains", "num_warmup", num_warmup, 1)
 
     custom = _as_density(logdensity, "logdensity")
     reference = _as_density(reference_logdensity, "reference_logdensity")

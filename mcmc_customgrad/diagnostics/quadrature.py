@@ -92,6 +92,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _arviz
+from .._args import element_label, element_labels
 from .._errors import surface_solver_errors
 from .._precision import warn_if_float32
 from ..logdensity.model import Model
@@ -127,8 +128,8 @@ class _Coordinates:
     def __init__(self, model):
         self.labels, self.constraints, self.params = [], [], []
         for name, c in model.constraints.items():
-            for idx in np.ndindex(c.shape):
-                self.labels.append(f"{name}[{','.join(map(str, idx))}]" if c.shape else name)
+            for label in element_labels(name, c.shape):
+                self.labels.append(label)
                 self.constraints.append(c)
                 self.params.append(name)
 
@@ -260,7 +261,7 @@ def _user_bounds(model, bounds):
         both = np.isfinite(lo) & np.isfinite(hi)
         if np.any(both & (lo >= hi)):
             idx = tuple(np.argwhere(both & (lo >= hi))[0])
-            label = f"{name}[{','.join(map(str, idx))}]" if c.shape else name
+            label = element_label(name, idx)
             raise ValueError(
                 f"quadrature_reference: bounds for {label} have lower >= upper "
                 f"({pair[0]!r}, {pair[1]!r}); give (lower, upper) with lower < upper"

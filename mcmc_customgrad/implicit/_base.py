@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._args import check_int
+
 __all__ = [
     "Status",
     "SolverInfo",
@@ -372,9 +374,10 @@ def status_of(
 def default_tolerances(dtype) -> tuple[float, float]:
     """Return the default ``(rtol, atol)`` for a floating dtype.
 
-    ``1e-10`` in float64 (rule 6 of the design: the implicit gradient is only exact at
-    the true solution) and ``1000 * eps`` for lower precisions (``1.2e-4`` in float32),
-    which is what can be reached with the residual evaluated in that precision. A
+    ``1e-10`` in float64 (the implicit gradient is only exact at the true solution, so
+    the tolerance decides its accuracy, not only the speed) and ``1000 * eps`` for lower
+    precisions (``1.2e-4`` in float32), which is what can be reached with the residual
+    evaluated in that precision. A
     tolerance this coarse is larger than many residuals themselves, which is why
     :func:`converged_within` also asks for ``y`` to be known to it.
     """
@@ -545,9 +548,8 @@ class Solver:
 
 
 def validate_positive_int(value, name: str, owner: str) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive int."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}.")
+    """Raise ``ValueError`` unless ``value`` is a positive int (a solver's setting)."""
+    check_int(owner, name, value, 1)
 
 
 def validate_tolerance(value, name: str, owner: str) -> None:

@@ -65,7 +65,7 @@ def _step_estimate(problem: Problem, params, y, residual):
 
 
 def checked_result(problem: Problem, params, y, y0, claimed, num_steps, rtol, atol):
-    """Recompute the optimality residual at ``y`` and decide convergence (rule 6).
+    """Recompute the optimality residual at ``y`` and decide convergence.
 
     A solver's own claim is necessary but not sufficient: ``y`` must also pass the test
     of :func:`~mcmc_customgrad.implicit._base.converged_within`, with the scale of

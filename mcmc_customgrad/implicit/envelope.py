@@ -38,7 +38,7 @@ def _compiled_value(problem, solver, linear_solver, on_failure):
     # from `argmin_core`, whose own custom_jvp (the IFT rule) supplies ẏ* whenever the
     # rule itself is differentiated; the second derivative is then
     #     v̈ = ∂²_θθ f + ∂²_θy f · dy*/dθ,
-    # the full Hessian (rule 3: the envelope theorem alone is first-order only). The
+    # the full Hessian (the envelope theorem alone is first-order only). The
     # primal is computed here from the same y* rather than by calling `value` again, so
     # that value_and_grad runs the inner solve once. Where the solve failed the JVP is
     # taken at y0 with the parameter tangents masked first, so no NaN reaches the

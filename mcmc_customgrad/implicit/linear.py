@@ -4,7 +4,7 @@ Every solve here goes through :func:`jax.lax.custom_linear_solve`, so JAX can
 differentiate it (the derivative of ``A^{-1} b`` is ``A^{-1}(db - dA A^{-1} b)``, which
 re-enters the same solve) and transpose it (reverse mode calls the transposed solve).
 That is what lets a single ``custom_jvp`` rule serve forward mode, reverse mode and every
-higher order (rule 1 of the design).
+higher order.
 
 An iterative solve that does not reach its tolerance returns NaN, never a silently wrong
 or zero tangent (JAXopt's failed backward CG returned zeros, their issue #466).

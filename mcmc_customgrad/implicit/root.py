@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._args import typeof
 from .._precision import float32_hint, warn_if_float32
 from ..caches import LRU, lru_cache
 from ._base import KINDS, Problem, SolverError, SolverInfo, Status, status_of
@@ -24,9 +25,6 @@ from .solvers import resolve_solver
 __all__ = ["root", "prepare", "build_core", "finish", "resolve", "safe_linearisation"]
 
 ON_FAILURE = ("nan", "raise", "last")
-
-# jax.typeof replaced jax.core.get_aval (removed in JAX 0.10); keep both spellings working.
-_typeof = getattr(jax, "typeof", None) or jax.core.get_aval
 
 
 # --------------------------------------------------------------------------- validation
@@ -118,8 +116,8 @@ def prepare(kind: str, where: str, fun, y0, args):
 
     ``fun`` is traced once to a jaxpr and *every* constant it captures (traced values of
     an enclosing ``jit``/``vmap``/``grad``, integer or batched tracers, concrete arrays,
-    attributes of a bound method's object) is hoisted into an explicit argument: rule 4
-    of the design (derivatives must reach closed-over values, seed 003), and nothing
+    attributes of a bound method's object) is hoisted into an explicit argument:
+    derivatives must reach closed-over values (seed 003), and nothing
     captured can go stale in the cache. ``jax.closure_convert`` hoists only values that
     may carry a derivative, which breaks ``vmap(grad)`` over a closure on batched data.
 
@@ -139,7 +137,7 @@ def prepare(kind: str, where: str, fun, y0, args):
     params = (args, consts)
     # The jaxpr's text (constants hoisted, so it is a pure function of its inputs) plus
     # the input structure identify the problem: equal keys compute the same function.
-    avals = tuple(_typeof(x) for x in jax.tree.leaves((y0, params)))
+    avals = tuple(typeof(x) for x in jax.tree.leaves((y0, params)))
     key = (kind, where, str(closed.jaxpr), jax.tree.structure((y0, params)), avals)
     problem = _PROBLEMS.get(key)
     if problem is None:
@@ -276,7 +274,7 @@ def build_core(problem: Problem, solver, linear_solver, on_failure: str):
     # The solve is a lax.custom_linear_solve, linear in θ̇, so JAX can transpose it
     # (reverse mode) and differentiate it (its operator closes over y* and θ). The rule
     # obtains y* by calling `core` itself, so at higher orders this same rule gives
-    # the derivatives of y* that appear inside ∂_y F and ∂_θ F (rule 2). The derivative
+    # the derivatives of y* that appear inside ∂_y F and ∂_θ F. The derivative
     # with respect to y0 is zero: y* does not depend on where the search started.
     #
     # Failed solves (the "double where"): where the solve failed, the linearisation point

@@ -206,7 +206,8 @@ def _chandrupatla(F, a, b, fa, fb, rtol, atol, max_steps):
         t_new = jnp.where(iqi, t_iqi, 0.5)
         t_new = jnp.clip(jnp.where(jnp.isfinite(t_new), t_new, 0.5), tl, 1 - tl)
 
-        # Finished elements freeze (rule 7).
+        # Finished elements freeze: under vmap the loop runs until the slowest element
+        # is done, and the others must not move (or divide by a zero-width bracket).
         keep = lambda new, old: jnp.where(done, old, new)  # noqa: E731
         return (
             keep(a_new, a),

@@ -20,14 +20,13 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from .._args import typeof
 from ..caches import lru_cache
 from ._base import Status
 from .root import CORE_NAME
 
 __all__ = ["with_solver_stats", "SolverStats"]
 
-# jax.typeof replaced jax.core.get_aval (removed in JAX 0.10); keep both spellings working.
-_typeof = getattr(jax, "typeof", None) or jax.core.get_aval
 _JIT = ("jit", "pjit")  # the primitive's name in JAX >= 0.7, and before
 
 
@@ -283,7 +282,7 @@ def with_solver_stats(fn):
             a, k = jax.tree.unflatten(treedef, xs)
             return fn(*a, **k)
 
-        key = (treedef, tuple(_typeof(x) for x in leaves))
+        key = (treedef, tuple(typeof(x) for x in leaves))
         hit = cache.get(key)
         if hit is not None:
             cache.move_to_end(key)

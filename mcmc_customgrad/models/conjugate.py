@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 from .. import implicit
+from .._args import check_int
 from ..logdensity import Model, real
 from ._base import Example
 
@@ -49,8 +50,7 @@ def conjugate(d: int = 1, p: float = 3.0, seed: int = 0, solver=None) -> Example
     >>> bool(jnp.allclose(jax.grad(model.logdensity)(u), jax.grad(reference.logdensity)(u)))
     True
     """
-    if not (isinstance(d, int) and d >= 1):
-        raise ValueError(f"conjugate: d must be a positive integer, got {d!r}.")
+    check_int("conjugate", "d", d)
     if not p > 1:
         raise ValueError(f"conjugate: p must be > 1, got {p!r}.")
     p = float(p)

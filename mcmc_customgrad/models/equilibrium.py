@@ -7,6 +7,7 @@ import numpy as np
 from jax.scipy.stats import expon, norm
 
 from .. import implicit
+from .._args import check_int
 from ..logdensity import Model, positive
 from ._base import Example
 
@@ -40,8 +41,7 @@ def equilibrium(num_obs: int = 20, seed: int = 0, solver=None) -> Example:
     >>> bool(jax.numpy.allclose(jax.grad(model.logdensity)(u), jax.grad(reference.logdensity)(u)))
     True
     """
-    if not (isinstance(num_obs, int) and num_obs >= 1):
-        raise ValueError(f"equilibrium: num_obs must be a positive integer, got {num_obs!r}.")
+    check_int("equilibrium", "num_obs", num_obs)
     rng = np.random.default_rng(seed)
     truth = {"a": jnp.asarray(2.0), "sigma": jnp.asarray(0.3)}
     y = jnp.asarray(np.sqrt(2.0) + rng.normal(0.0, 0.3, num_obs))

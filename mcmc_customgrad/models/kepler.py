@@ -8,6 +8,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from .. import implicit
+from .._args import check_int
 from ..logdensity import Model, interval, positive
 from ._base import Example
 
@@ -91,8 +92,7 @@ def kepler(num_obs: int = 30, seed: int = 0, solver=None) -> Example:
     >>> bool(jax.numpy.isclose(model.logdensity(u), reference.logdensity(u)))
     True
     """
-    if not (isinstance(num_obs, int) and num_obs >= 1):
-        raise ValueError(f"kepler: num_obs must be a positive integer, got {num_obs!r}.")
+    check_int("kepler", "num_obs", num_obs)
     rng = np.random.default_rng(seed)
     truth = {
         "period": 12.3,

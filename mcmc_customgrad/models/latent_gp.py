@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm
 
+from .._args import check_int
 from ..laplace import laplace_latent_draws, latent_gaussian_log_marginal, poisson
 from ..logdensity import Model, positive, real
 from ._base import Example
@@ -59,11 +60,6 @@ def _log_prior(rho, alpha):
     # rho ~ LogNormal(log 2, 0.5) (95% in about (0.75, 5.3)); alpha ~ HalfNormal(2).
     log_rho = jnp.log(rho)
     return norm.logpdf(log_rho, _LOG_2, 0.5) - log_rho + _LOG_2 + norm.logpdf(alpha, 0.0, 2.0)
-
-
-def _check_int(where, name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def latent_gp_poisson(num_obs: int = 30, seed: int = 0) -> Example:
@@ -130,7 +126,7 @@ def latent_gp_poisson(num_obs: int = 30, seed: int = 0) -> Example:
     True
     """
     where = "latent_gp_poisson"
-    _check_int(where, "num_obs", num_obs, 2)
+    check_int(where, "num_obs", num_obs, 2)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ValueError(f"{where}: seed must be an integer, got {seed!r}.")
     num_obs = int(num_obs)
@@ -214,7 +210,7 @@ def latent_gp_poisson_latents(example_or_data, rho, alpha, key, num_draws=1, ful
             f"{where}: example_or_data must be what latent_gp_poisson returned or its data "
             f"dict (with 'x' and 'y'), got {type(example_or_data).__name__}."
         )
-    _check_int(where, "num_draws", num_draws, 1)
+    check_int(where, "num_draws", num_draws, 1)
     if not isinstance(full_output, bool):
         raise TypeError(f"{where}: full_output must be True or False, got {full_output!r}.")
     x, y = jnp.asarray(data["x"], dtype=float), jnp.asarray(data["y"])

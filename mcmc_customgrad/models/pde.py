@@ -13,6 +13,7 @@ import scipy.sparse.linalg
 from jax.scipy.stats import norm
 
 from .. import implicit
+from .._args import check_int
 from ..caches import lru_cache
 from ..logdensity import Model, real
 from ._base import Example
@@ -39,14 +40,6 @@ AMPLITUDE = 40.0
 TRUTH = (1.0, -0.6, 0.8, 0.4)
 
 _WHERE = "pde_inverse"
-
-
-def _check_int(name, value, minimum, maximum=None, hint="", where=_WHERE):
-    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    ok = ok and value >= minimum and (maximum is None or value <= maximum)
-    if not ok:
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{where}: {name} must be an integer {bound}, got {value!r}.{hint}")
 
 
 def _check_real(name, value, *, positive, where=_WHERE):
@@ -96,7 +89,7 @@ def laplacian_pattern(m: int):
     >>> P.shape, P.nnz, P[4].indices.tolist()   # the centre node and its 4 neighbours
     ((9, 9), 33, [1, 3, 4, 5, 7])
     """
-    _check_int("m", m, 2, where="laplacian_pattern")
+    check_int("laplacian_pattern", "m", m, 2)
     t, eye = _tridiagonal(m, (1.0, 1.0, 1.0)), scipy.sparse.identity(m, format="csr")
     pattern = (scipy.sparse.kron(t, eye) + scipy.sparse.kron(eye, t)).tocsr()
     pattern.data[:] = 1.0
@@ -388,12 +381,13 @@ def pde_inverse(
     >>> bool(jax.numpy.isclose(model.logdensity(u), reference.logdensity(u), rtol=1e-10))
     True
     """
-    _check_int("m", m, 2, hint=" The grid needs at least 2 x 2 interior points.")
+    check_int(_WHERE, "m", m, 2, hint=" The grid needs at least 2 x 2 interior points.")
     _check_real("c", c, positive=False)
-    _check_int("num_params", num_params, 1, len(CENTERS))
+    check_int(_WHERE, "num_params", num_params, 1, len(CENTERS))
     if num_sensors is None:
         num_sensors = min(6, int(m))
-    _check_int(
+    check_int(
+        _WHERE,
         "num_sensors",
         num_sensors,
         1,

@@ -7,6 +7,7 @@ import numpy as np
 from jax.scipy.stats import expon, norm
 
 from .. import implicit
+from .._args import check_int
 from ..logdensity import Model, positive
 from ._base import Example
 
@@ -49,8 +50,7 @@ def ridge(
         ("num_valid", num_valid),
         ("num_features", num_features),
     ):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"ridge: {name} must be a positive integer, got {value!r}.")
+        check_int("ridge", name, value)
     rng = np.random.default_rng(seed)
     beta = rng.normal(0.0, 1.0, num_features)
     X = rng.normal(size=(num_train, num_features))

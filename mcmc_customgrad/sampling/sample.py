@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _arviz
+from .._args import check_int, flat_labels
 from .._cache import configure_cache
 from .._errors import surface_solver_errors
 from .._order import after
@@ -43,12 +44,6 @@ class InitializationError(ValueError):
 # ----------------------------------------------------------------------------- input
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"sample: {name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _check_settings(
     kernel,
     chain_method,
@@ -72,12 +67,12 @@ def _check_settings(
         isinstance(target_accept, int | float) and 0 < target_accept < 1
     ):
         raise ValueError(f"sample: target_accept must lie in (0, 1), got {target_accept!r}.")
-    _check_int("num_chains", num_chains, 1)
-    _check_int("num_warmup", num_warmup, 1)
-    _check_int("num_samples", num_samples, 1)
-    _check_int("max_treedepth", max_treedepth, 1)
-    _check_int("num_integration_steps", num_integration_steps, 1)
-    _check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("sample", "num_chains", num_chains, 1)
+    check_int("sample", "num_warmup", num_warmup, 1)
+    check_int("sample", "num_samples", num_samples, 1)
+    check_int("sample", "max_treedepth", max_treedepth, 1)
+    check_int("sample", "num_integration_steps", num_integration_steps, 1)
+    check_int("sample", "checkpoint_every", checkpoint_every, 1)
     if progress_bar not in (None, True, False):
         raise ValueError(f"sample: progress_bar must be None, True or False, got {progress_bar!r}.")
     for name, value in flags.items():
@@ -110,11 +105,7 @@ class Target:
             m = self.model
             self.logdensity = m.logdensity
             self.template = jax.ShapeDtypeStruct((m.dim,), jnp.result_type(float))
-            self.labels = [
-                f"{n}[{','.join(map(str, i))}]" if c.shape else n
-                for n, c in m.constraints.items()
-                for i in np.ndindex(c.shape)
-            ]
+            self.labels = flat_labels((n, c.shape) for n, c in m.constraints.items())
             self.log_likelihood = m.log_likelihood if m.log_likelihood_fn is not None else None
         elif callable(model_or_logdensity):
             self.logdensity = model_or_logdensity
@@ -137,11 +128,9 @@ class Target:
             leaves = jax.tree_util.tree_flatten_with_path(self.template)[0]
             names = [jax.tree_util.keystr(p, simple=True, separator=".") or "x" for p, _ in leaves]
             self.names = names
-            self.labels = [
-                f"{n}[{','.join(map(str, i))}]" if leaf.shape else n
-                for n, (_, leaf) in zip(names, leaves, strict=True)
-                for i in np.ndindex(leaf.shape)
-            ]
+            self.labels = flat_labels(
+                (n, leaf.shape) for n, (_, leaf) in zip(names, leaves, strict=True)
+            )
         self._check_output()
 
     def _template_from_init(self):
