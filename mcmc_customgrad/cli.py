@@ -445,6 +445,7 @@ def _quick_run(example, warmup, draws, chains, seed, progress):
 
     from mcmc_customgrad import _arviz
     from mcmc_customgrad.sampling._kernels import Settings, draws_fn, warmup_fn
+    from mcmc_customgrad.sampling._warnings import genuine_divergences
 
     model, reference = example.model, example.reference
     dim = model.dim
@@ -466,7 +467,7 @@ def _quick_run(example, warmup, draws, chains, seed, progress):
             "custom": to_constrained(records.position[:, :dim]),
             "reference": jax.vmap(reference.to_constrained)(records.position[:, dim:]),
             "stats": {
-                "diverging": t.diverging & ~t.nonfinite,
+                "diverging": genuine_divergences(t.diverging, t.nonfinite),
                 "solver_failure": t.nonfinite,
                 "energy": t.energy,
                 "acceptance_rate": t.acceptance_rate,

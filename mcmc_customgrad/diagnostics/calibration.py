@@ -37,6 +37,7 @@ from ..caches import LRU, lru_cache
 from ..logdensity.constraints import Constraint
 from ..logdensity.model import Model
 from ..sampling._kernels import KERNELS, Settings, draws_fn, warmup_fn
+from ..sampling._warnings import genuine_divergences
 
 __all__ = [
     "SBCProblem",
@@ -1010,9 +1011,9 @@ def _fitter(problem: SBCProblem, layout: Model, settings: Settings, chains, samp
             "truth": _flatten(truth, spec, 0),
             "chains": draws,
             "thinned": draws.reshape(total, -1)[thin],
-            "divergences": jnp.sum(tr.diverging & ~tr.nonfinite),
+            "divergences": jnp.sum(genuine_divergences(tr.diverging, tr.nonfinite)),
             "solver_failures": jnp.sum(tr.nonfinite),
-            "warmup_divergences": jnp.sum(winfo.diverging & ~winfo.nonfinite),
+            "warmup_divergences": jnp.sum(genuine_divergences(winfo.diverging, winfo.nonfinite)),
             "init_failures": jnp.sum(~started),
         }
         if problem.log_likelihood is not None:

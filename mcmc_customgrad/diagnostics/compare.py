@@ -66,6 +66,7 @@ from scipy import stats as _stats
 
 from .. import _arviz
 from .._args import element_labels
+from ..sampling._warnings import divergence_count, sample_stat
 
 __all__ = ["ComparisonReport", "compare_chains", "write_report"]
 
@@ -179,12 +180,6 @@ def _select(idata, reference_idata, var_names, names):
     return labels, _Side(names[0], draws, idata), _Side(names[1], ref_draws, reference_idata)
 
 
-def _stat(idata, name):
-    if "sample_stats" not in _arviz.groups(idata) or name not in idata.sample_stats:
-        return None
-    return np.asarray(idata.sample_stats[name].values)
-
-
 # --------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------
@@ -257,11 +252,10 @@ def _mcse_mean(series):
 def _efficiency(side: _Side, summary):
     """Efficiency numbers of one run; ``None`` where the run did not record them."""
     attrs = _arviz.attrs(side.idata)
-    step = _stat(side.idata, "step_size")
-    accept = _stat(side.idata, "acceptance_rate")
-    n_steps = _stat(side.idata, "n_steps")
-    diverging = _stat(side.idata, "diverging")
-    failed = _stat(side.idata, "solver_failure")
+    step = sample_stat(side.idata, "step_size")
+    accept = sample_stat(side.idata, "acceptance_rate")
+    n_steps = sample_stat(side.idata, "n_steps")
+    failed = sample_stat(side.idata, "solver_failure")
     grads = attrs.get("num_grad_evals")
     if grads is None and n_steps is not None:
         grads = int(n_steps.sum())
@@ -270,12 +264,7 @@ def _efficiency(side: _Side, summary):
     seconds = float(seconds) if seconds is not None and float(seconds) > 0 else None
     ess_bulk = float(np.nanmin(summary["ess_bulk"]))
     ess_tail = float(np.nanmin(summary["ess_tail"]))
-    divergences = None
-    if diverging is not None:
-        genuine = diverging.astype(bool)
-        if failed is not None:
-            genuine &= ~failed.astype(bool)
-        divergences = int(genuine.sum())
+    divergences = divergence_count(side.idata)
     return {
         "step_size": float(np.mean(step)) if step is not None else None,
         "acceptance": float(np.mean(accept)) if accept is not None else None,
@@ -310,9 +299,9 @@ def _per_chain(side: _Side, grads):
     replicates of everything efficiency measures; the spread between them is the Monte
     Carlo noise of the run's figures.
     """
-    step = _stat(side.idata, "step_size")
-    accept = _stat(side.idata, "acceptance_rate")
-    n_steps = _stat(side.idata, "n_steps")
+    step = sample_stat(side.idata, "step_size")
+    accept = sample_stat(side.idata, "acceptance_rate")
+    n_steps = sample_stat(side.idata, "n_steps")
     chains, draws = side.num_chains, side.num_draws
     if n_steps is not None:
         grads_chain = n_steps.reshape(chains, -1).sum(axis=1).astype(float)
@@ -928,13 +917,8 @@ def compare_chains(
                 "(draw more)",
                 side=s.name,
             )
-        diverging = _stat(s.idata, "diverging")
-        if diverging is not None:
-            failed = _stat(s.idata, "solver_failure")
-            genuine = diverging.astype(bool)
-            if failed is not None:
-                genuine &= ~failed.astype(bool)
-            count = int(genuine.sum())
+        count = divergence_count(s.idata)
+        if count is not None:
             check(
                 "divergences",
                 "sanity",
@@ -944,7 +928,7 @@ def compare_chains(
                 f"{s.name}: {count} divergent transitions (raise target_accept or reparameterise)",
                 side=s.name,
             )
-        if _stat(s.idata, "energy") is not None:
+        if sample_stat(s.idata, "energy") is not None:
             bfmi = _arviz.bfmi(s.idata)
             value = float(np.min(bfmi))
             check(

@@ -78,9 +78,26 @@ class SolverStats(NamedTuple):
         """
         if self.status_counts is None:
             return {}
-        counts = np.asarray(self.status_counts)
-        totals = counts.reshape(-1, counts.shape[-1]).sum(axis=0)
-        return {Status(i).name: int(c) for i, c in enumerate(totals) if c}
+        return {s.name: n for s, n in status_totals(self.status_counts).items()}
+
+
+def status_totals(counts) -> dict[Status, int]:
+    """``{Status: total}`` of per-status ``counts`` (last axis), summed over the others.
+
+    Statuses that did not occur are left out. The one reading of status counts, for
+    :meth:`SolverStats.reasons` and the sampler's post-run warnings (which read them
+    from ``sample_stats["solver_status"]``, dims ``chain, draw, status``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mcmc_customgrad.implicit.stats import status_totals
+    >>> status_totals(np.array([[3, 0, 1], [2, 0, 0]]))
+    {<Status.CONVERGED: 0>: 5, <Status.MAX_STEPS: 2>: 1}
+    """
+    counts = np.asarray(counts)
+    totals = counts.reshape(-1, counts.shape[-1]).sum(axis=0)
+    return {Status(i): int(c) for i, c in enumerate(totals) if c and i < len(Status)}
 
 
 def _float():

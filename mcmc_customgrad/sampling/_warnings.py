@@ -8,8 +8,16 @@ import numpy as np
 
 from .. import _arviz
 from ..implicit._base import Status
+from ..implicit.stats import status_totals
 
-__all__ = ["Diagnostic", "SamplingWarning", "diagnose"]
+__all__ = [
+    "Diagnostic",
+    "SamplingWarning",
+    "diagnose",
+    "genuine_divergences",
+    "sample_stat",
+    "divergence_count",
+]
 
 RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
@@ -30,6 +38,44 @@ class Diagnostic(NamedTuple):
         return self.message
 
 
+def genuine_divergences(diverging, solver_failure):
+    """Divergent transitions that are not inner-solver failures (element-wise).
+
+    A failed inner solve makes the log-density NaN, so the proposal's energy error is
+    infinite and Blackjax flags the transition divergent; the library counts it as a
+    solver failure instead, and a divergence is what is left: a trajectory the step
+    size could not follow. The one definition every report uses. Works on NumPy and JAX
+    arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mcmc_customgrad.sampling._warnings import genuine_divergences
+    >>> genuine_divergences(np.array([True, True, False]), np.array([True, False, False]))
+    array([False,  True, False])
+    """
+    return diverging & ~solver_failure
+
+
+def sample_stat(idata, name):
+    """``sample_stats[name]`` of a run as a NumPy array, or None where it is absent."""
+    if "sample_stats" not in _arviz.groups(idata) or name not in idata.sample_stats:
+        return None
+    return np.asarray(idata.sample_stats[name].values)
+
+
+def divergence_count(idata):
+    """Genuine divergences of a run (:func:`genuine_divergences`); None if not recorded."""
+    diverging = sample_stat(idata, "diverging")
+    if diverging is None:
+        return None
+    failed = sample_stat(idata, "solver_failure")
+    diverging = diverging.astype(bool)
+    if failed is None:
+        return int(diverging.sum())
+    return int(genuine_divergences(diverging, failed.astype(bool)).sum())
+
+
 def _worst(values: dict, bad, n=3, fmt=".3g", reverse=False) -> str:
     items = sorted(
         ((k, v) for k, v in values.items() if bad(v)), key=lambda kv: kv[1], reverse=reverse
@@ -42,12 +88,8 @@ def _reasons(counts, failed: bool) -> str:
     """`` (MAX_STEPS: 3, STAGNATED: 1)``: the statuses in per-draw ``counts`` (or '')."""
     if counts is None:
         return ""
-    totals = np.asarray(counts).reshape(-1, np.shape(counts)[-1]).sum(axis=0)
-    named = [
-        f"{Status(i).name}: {int(c)}"
-        for i, c in enumerate(totals)
-        if c and i < len(Status) and Status(i).accepted != failed
-    ]
+    totals = status_totals(counts)
+    named = [f"{s.name}: {n}" for s, n in totals.items() if s.accepted != failed]
     return f" ({', '.join(named)})" if named else ""
 
 
@@ -89,29 +131,25 @@ def diagnose(idata) -> list[Diagnostic]:
     ['divergences']
     """
     found = []
-    stats = idata.sample_stats if "sample_stats" in _arviz.groups(idata) else None
     num_chains = int(idata.posterior.sizes["chain"])
     num_draws = int(idata.posterior.sizes["draw"])
     total = num_chains * num_draws
 
     def stat(name):
-        return None if stats is None or name not in stats else np.asarray(stats[name].values)
+        return sample_stat(idata, name)
 
     failed = stat("solver_failure")
-    diverging = stat("diverging")
-    if diverging is not None:
-        genuine = diverging & ~failed if failed is not None else diverging
-        n = int(genuine.sum())
-        if n:
-            found.append(
-                Diagnostic(
-                    "divergences",
-                    f"{n} of {total} transitions after warmup diverged ({100 * n / total:.2g}%)."
-                    " The posterior may have regions the sampler cannot reach, so draws can be "
-                    "biased. Raise target_accept (0.95, 0.99) or reparameterise (e.g. a "
-                    "non-centred hierarchy).",
-                )
+    n = divergence_count(idata)
+    if n:
+        found.append(
+            Diagnostic(
+                "divergences",
+                f"{n} of {total} transitions after warmup diverged ({100 * n / total:.2g}%)."
+                " The posterior may have regions the sampler cannot reach, so draws can be "
+                "biased. Raise target_accept (0.95, 0.99) or reparameterise (e.g. a "
+                "non-centred hierarchy).",
             )
+        )
     if failed is not None:
         n = int(failed.sum())
         if n:

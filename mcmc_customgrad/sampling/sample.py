@@ -28,7 +28,7 @@ from ._checkpoint import Checkpoint
 from ._identity import density_fingerprint, outputs_fingerprint
 from ._kernels import KERNELS, Record, Settings, draws_fn, value_and_grad_fn, warmup_fn
 from ._progress import Progress, progress_enabled
-from ._warnings import SamplingWarning, diagnose
+from ._warnings import SamplingWarning, diagnose, genuine_divergences
 
 __all__ = ["sample", "InitializationError"]
 
@@ -855,7 +855,10 @@ def sample(
 
 
 def _tally(tables):
-    div = sum(int((t["stat__diverging"] & ~t["stat__solver_failure"]).sum()) for t in tables)
+    div = sum(
+        int(genuine_divergences(t["stat__diverging"], t["stat__solver_failure"]).sum())
+        for t in tables
+    )
     fail = sum(int(t["stat__solver_failure"].sum()) for t in tables)
     return div, fail
 
