@@ -299,7 +299,7 @@ def test_flat_sampler_for_a_plain_callable():
 
 def test_report_text_and_markdown(conj_report):
     text = str(conj_report)
-    assert text.startswith("PASSED 9 of 9 checks")
+    assert text.startswith("PASSED: all 9 checks, gradient checks")
     assert "| check |" in text and "| hessian_fd |" in text
     md = conj_report.to_markdown()
     assert md.startswith("## Gradient checks")

@@ -71,7 +71,7 @@ def test_conjugate_model_couples_with_reference(base):
 
 def test_report_shape(base, tmp_path):
     text = str(base)
-    assert text.startswith("PASSED 3 of 3 checks")
+    assert text.startswith("PASSED: all 3 checks, coupled chains")
     assert base.table in text
     assert base.table.splitlines()[0].startswith("| check |")
     assert len(base.table.splitlines()) == len(base.rows) + 2

@@ -101,7 +101,9 @@ def test_calibrated_model_passes(calibrated):
     assert calibrated.divergences.shape == (NUM_SIMULATIONS,)
     assert calibrated.divergences.sum() == 0
     assert calibrated.init_failures.sum() == 0
-    assert str(calibrated).startswith("PASSED: 6 of 6 uniformity tests (40 simulations")
+    assert str(calibrated).startswith(
+        "PASSED: all 8 checks, simulation-based calibration (6 uniformity tests, 40 simulations"
+    )
 
 
 @pytest.mark.slow  # end-to-end SBC runs: statistical calibration and power

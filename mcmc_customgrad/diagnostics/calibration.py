@@ -38,6 +38,7 @@ from ..logdensity.constraints import Constraint
 from ..logdensity.model import Model
 from ..sampling._kernels import KERNELS, Settings, draws_fn, warmup_fn
 from ..sampling._warnings import genuine_divergences
+from ._report import verdict
 
 __all__ = [
     "SBCProblem",
@@ -523,8 +524,9 @@ class SBCReport:
     >>> report = SBCReport.from_ranks({"mu": np.arange(60) % 20}, num_draws=19)
     >>> report.passed, report.rows[0]["bins"]
     (True, 10)
-    >>> print(str(report).splitlines()[0])
-    PASSED: 2 of 2 uniformity tests (60 simulations, L = 19 draws, Bonferroni alpha = 0.025)
+    >>> print(str(report).splitlines()[0])  # doctest: +NORMALIZE_WHITESPACE
+    PASSED: all 2 checks, simulation-based calibration (2 uniformity tests, 60 simulations,
+    L = 19 draws, Bonferroni alpha = 0.025)
     """
 
     passed: bool
@@ -736,13 +738,12 @@ class SBCReport:
 
     def _verdict(self) -> str:
         what = (
-            f"({self.num_simulations} simulations, L = {self.num_draws} draws, "
+            f"simulation-based calibration ({self.num_tests} uniformity tests, "
+            f"{self.num_simulations} simulations, L = {self.num_draws} draws, "
             f"Bonferroni alpha = {self.alpha_test:.3g})"
         )
-        if self.passed:
-            return f"PASSED: {self.num_tests} of {self.num_tests} uniformity tests {what}"
         checks = self.num_tests + 2 * (self.divergences.size > 0)
-        return f"FAILED: {len(self.failures)} of {checks} checks failed {what}"
+        return verdict(checks, len(self.failures), what)
 
     def __str__(self):
         parts = [self._verdict(), "", self.table]

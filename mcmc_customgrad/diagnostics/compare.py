@@ -67,6 +67,8 @@ from scipy import stats as _stats
 from .. import _arviz
 from .._args import element_labels
 from ..sampling._warnings import divergence_count, sample_stat
+from ._report import markdown_table
+from ._report import verdict as verdict_line
 
 __all__ = ["ComparisonReport", "compare_chains", "write_report"]
 
@@ -387,30 +389,6 @@ _NO_RATIO = ("acceptance", "divergences", "solver_failures")  # a difference, or
 # --------------------------------------------------------------------------------------
 
 
-def _fmt(value, digits=4):
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool | np.bool_):
-        return "yes" if value else "NO"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        if not np.isfinite(value):
-            return str(float(value))
-        return f"{float(value):.{digits}g}"
-    return str(value)
-
-
-def _cell(value):
-    return _fmt(value).replace("|", "\\|")
-
-
-def _markdown(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 @dataclasses.dataclass
 class ComparisonReport:
     """Verdict of :func:`compare_chains`: custom-gradient draws against reference draws.
@@ -500,7 +478,7 @@ class ComparisonReport:
         keys += ["q05_custom", "q05_reference", "q95_custom", "q95_reference"]
         keys += ["z_mean", "z_square", "z_q05", "z_q95", "ks_p", "rhat_pooled", "ok"]
         legend = f"\n\n{a} = {self.names[0]}, {b} = {self.names[1]}" if a != b else ""
-        return _markdown(header, [[r[k] for k in keys] for r in self.rows]) + legend
+        return markdown_table(header, [[r[k] for k in keys] for r in self.rows]) + legend
 
     @property
     def checks_table(self) -> str:
@@ -510,7 +488,7 @@ class ComparisonReport:
             for c in self.checks
             if c["parameter"] is None
         ]
-        return _markdown(["check", "side", "value", "threshold", "passed"], rows)
+        return markdown_table(["check", "side", "value", "threshold", "passed"], rows)
 
     @property
     def efficiency_table(self) -> str:
@@ -542,7 +520,7 @@ class ComparisonReport:
         level = self.settings.get("efficiency_level")
         title = f"{level:.2%} interval" if level else "interval"
         header = ["metric", *self.names, "custom vs reference", title, "requirement", "passed"]
-        return _markdown(header, rows)
+        return markdown_table(header, rows)
 
     @property
     def verdict(self) -> str:
@@ -552,11 +530,7 @@ class ComparisonReport:
             f"{self.names[0]} ({ca} x {da} draws) against {self.names[1]} ({cb} x {db} draws), "
             f"{len(self.rows)} parameter" + ("s" if len(self.rows) != 1 else "")
         )
-        m = len(self.checks)
-        if self.passed:
-            return f"PASSED: all {m} checks, {what}"
-        failed = sum(not c["passed"] for c in self.checks)
-        return f"FAILED: {failed} of {m} checks, {what}"
+        return verdict_line(len(self.checks), sum(not c["passed"] for c in self.checks), what)
 
     @property
     def efficiency_verdict(self) -> str:

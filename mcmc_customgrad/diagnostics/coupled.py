@@ -26,6 +26,7 @@ from .._args import check_int, flat_labels
 from .._errors import surface_solver_errors
 from ..logdensity import Model
 from ..sampling.sample import Target, initial_positions
+from ._report import markdown_table, verdict
 
 __all__ = ["CoupledReport", "coupled_chains"]
 
@@ -102,7 +103,7 @@ class CoupledReport:
     >>> report = coupled_chains(ref, ref, jnp.zeros(2), kernel="hmc", num_steps=10,
     ...                         step_size=0.5, inverse_mass_matrix=jnp.ones(2))
     >>> print(str(report).splitlines()[0])
-    PASSED 3 of 3 checks: coupled chains (hmc, 10 transitions, step size 0.5)
+    PASSED: all 3 checks, coupled chains (hmc, 10 transitions, step size 0.5)
     >>> report.positions.shape, float(report.scaled_difference.max())
     ((10, 2), 0.0)
     >>> print(report.table.splitlines()[2])
@@ -149,17 +150,17 @@ class CoupledReport:
     @property
     def table(self) -> str:
         """The rows as a Markdown table."""
-        lines = [
-            "| check | parameter | value | threshold | result |",
-            "|---|---|---|---|---|",
+        rows = [
+            [
+                r["check"],
+                r["parameter"],
+                r["value"],
+                r["threshold"],
+                "info" if r["passed"] is None else ("ok" if r["passed"] else "FAIL"),
+            ]
+            for r in self.rows
         ]
-        for r in self.rows:
-            result = "info" if r["passed"] is None else ("ok" if r["passed"] else "FAIL")
-            check = r["check"].replace("|", "\\|")  # |x - x_ref| inside a table cell
-            lines.append(
-                f"| {check} | {r['parameter']} | {_fmt(r['value'])} | {r['threshold']} | {result} |"
-            )
-        return "\n".join(lines)
+        return markdown_table(["check", "parameter", "value", "threshold", "result"], rows, 3)
 
     def _verdict(self) -> str:
         m = self.num_checks
@@ -167,9 +168,7 @@ class CoupledReport:
             f"coupled chains ({self.kernel}, {len(self.num_integration_steps)} transitions, "
             f"step size {self.step_size:.4g})"
         )
-        if self.passed:
-            return f"PASSED {m} of {m} checks: {what}"
-        return f"FAILED: {len(self.failures)} of {m} checks failed: {what}"
+        return verdict(m, len(self.failures), what)
 
     def __str__(self) -> str:
         parts = [self._verdict(), "", self.table]
@@ -223,12 +222,6 @@ class CoupledReport:
         bottom.legend(fontsize=8)
         fig.savefig(path, dpi=100)
         return str(path)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.3g}"
-    return str(value)
 
 
 # ----------------------------------------------------------------------------- input
@@ -514,7 +507,7 @@ def coupled_chains(
     >>> bad.passed, bad.first_divergence
     (False, 0)
     >>> print(str(bad).splitlines()[0])
-    FAILED: 1 of 3 checks failed: coupled chains (hmc, 30 transitions, step size 0.5)
+    FAILED: 1 of 3 checks, coupled chains (hmc, 30 transitions, step size 0.5)
     """
     num_steps = check_int("coupled_chains", "num_steps", num_steps, 1)
     num_compare = min(check_int("coupled_chains", "num_compare", num_compare, 1), num_steps)

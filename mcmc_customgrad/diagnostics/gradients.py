@@ -82,6 +82,7 @@ from .._errors import surface_solver_errors
 from .._order import after
 from .._precision import float32_hint, warn_if_float32
 from ..logdensity import Model
+from ._report import markdown_table, verdict
 
 __all__ = ["GradientReport", "check_gradients"]
 
@@ -191,20 +192,34 @@ class GradientReport:
     @property
     def table(self) -> str:
         """One row per check, as a Markdown table."""
-        lines = [
-            "| check | what | points | entries | max abs error | max rel error | "
-            "worst parameter | worst point | tolerance (rel.) | result |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+        header = [
+            "check",
+            "what",
+            "points",
+            "entries",
+            "max abs error",
+            "max rel error",
+            "worst parameter",
+            "worst point",
+            "tolerance (rel.)",
+            "result",
         ]
-        for r in self.rows:
-            entries = f"{r['compared']}" + (f" ({r['skipped']} skipped)" if r["skipped"] else "")
-            lines.append(
-                f"| {r['check']} | {r['description']} | {r['points']} | {entries} | "
-                f"{_fmt(r['max_abs_error'])} | {_fmt(r['max_rel_error'])} | "
-                f"{r['parameter'] or '-'} | {'-' if r['point'] is None else r['point']} | "
-                f"{r['threshold']:g} | {'ok' if r['passed'] else 'FAIL'} |"
-            )
-        return "\n".join(lines)
+        rows = [
+            [
+                r["check"],
+                r["description"],
+                r["points"],
+                f"{r['compared']}" + (f" ({r['skipped']} skipped)" if r["skipped"] else ""),
+                r["max_abs_error"],
+                r["max_rel_error"],
+                r["parameter"] or None,
+                r["point"],
+                f"{r['threshold']:g}",
+                "ok" if r["passed"] else "FAIL",
+            ]
+            for r in self.rows
+        ]
+        return markdown_table(header, rows, digits=3, none="-")
 
     @property
     def parameter_table(self) -> str:
@@ -212,13 +227,8 @@ class GradientReport:
         checks = [
             c for c in self.tolerances if any(r.get(c) is not None for r in self.parameter_rows)
         ]
-        lines = [
-            "| parameter | " + " | ".join(checks) + " |",
-            "|---|" + "---|" * len(checks),
-        ]
-        for r in self.parameter_rows:
-            lines.append(f"| {r['parameter']} | " + " | ".join(_fmt(r[c]) for c in checks) + " |")
-        return "\n".join(lines)
+        rows = [[r["parameter"], *(r[c] for c in checks)] for r in self.parameter_rows]
+        return markdown_table(["parameter", *checks], rows, digits=3, none="-")
 
     def _verdict(self) -> str:
         m = self.num_checks
@@ -226,10 +236,7 @@ class GradientReport:
             f"gradient checks (order {self.order}, {len(self.points)} points, "
             f"{len(self.labels)} parameters, {self.source})"
         )
-        if self.passed:
-            return f"PASSED {m} of {m} checks: {what}"
-        bad = sum(not r["passed"] for r in self.rows)
-        return f"FAILED: {bad} of {m} checks failed: {what}"
+        return verdict(m, sum(not r["passed"] for r in self.rows), what)
 
     def __str__(self) -> str:
         parts = [self._verdict(), "", self.table]
@@ -317,14 +324,6 @@ class GradientReport:
         ax.legend(fontsize=7, loc="best")
         fig.savefig(path, dpi=100)
         return str(path)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.3g}"
-    return str(value)
 
 
 # ----------------------------------------------------------------------------- input
