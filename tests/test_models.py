@@ -47,14 +47,14 @@ def test_value_and_gradient_match_the_reference(name):
 FD_STEP = {"kepler": 1e-5}
 
 
-# Kepler's second order (55 s of compilation here) is checked by
-# tests/test_check_gradients.py::test_kepler_passes_at_second_order instead: Hessian against
-# the reference and against finite differences of the gradient, forward over reverse
-# against reverse over reverse, at 20 points.
-# check_grads at order 2 compiles for 15-40 s per model: CI's slow tier (the fast tier
-# keeps the conjugate's Hessian, through check_gradients in test_check_gradients.py).
+# check_grads at order 2 compiles for 15-55 s per model (Kepler the longest): CI's slow
+# tier (the fast tier keeps the conjugate's Hessian, through check_gradients in
+# test_check_gradients.py). Kepler's second order is also checked by
+# test_check_gradients.py::test_kepler_passes_at_second_order (Hessian against finite
+# differences of the gradient, forward over reverse against reverse over reverse, at 20
+# points); here against the closed-form reference's Hessian and by check_grads.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "kepler"])
+@pytest.mark.parametrize("name", NAMES)
 def test_second_order(name):
     model, reference, data = EXAMPLES[name]
     u = model.to_unconstrained(data["truth"]) if "truth" in data else points(model)[0]

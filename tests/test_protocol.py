@@ -40,6 +40,18 @@ def _clipped_jvp(primals, tangents):
     return f_closed(x), jnp.sum(jnp.clip(jnp.sign(x) * jnp.sqrt(jnp.abs(x)), -0.1, 0.1) * t)
 
 
+@jax.custom_jvp
+def f_straight(x):
+    return f_closed(x)
+
+
+@f_straight.defjvp
+def _straight_jvp(primals, tangents):
+    # Seed 002's straight-through idea: a simple surrogate (3 x) for the derivative.
+    (x,), (t,) = primals, tangents
+    return f_closed(x), jnp.sum(3.0 * x * t)
+
+
 def f_stopped_early(x):
     # One L-BFGS step from y0 = 0, the last iterate kept: f is 2% to 13% low.
     solver = mcg.solvers.LBFGS(max_steps=1)
@@ -66,12 +78,9 @@ def test_the_demo_passes_both_lines_by_design(reference):
     assert ratio["interval"][0] < 1.0 < ratio["interval"][1]
 
 
-# Seed 002's straight-through rule behaves the same (step size 0.31x, ESS per gradient
-# evaluation 0.04x of the reference's, distribution passed); only the clipped rule runs
-# here, to keep CI within its time budget.
-@pytest.mark.parametrize("f", [f_clipped], ids=["clipped"])
-def test_wrong_position_only_gradient_shows_in_gradients_and_efficiency(f, reference):
-    model = density(f)
+def test_wrong_position_only_gradient_shows_in_gradients_and_efficiency(reference):
+    # Seed 001's clipped rule.
+    model = density(f_clipped)
     closed = mcg.models.conjugate(d=2).reference
     gradients = mcg.check_gradients(model, model.init, closed, order=1, num_points=5)
     assert not gradients.passed
@@ -81,6 +90,25 @@ def test_wrong_position_only_gradient_shows_in_gradients_and_efficiency(f, refer
     assert report.efficiency_passed is False  # ... at a cost
     assert any("step size" in f for f in report.efficiency_failures)
     assert any("ESS per gradient evaluation" in f for f in report.efficiency_failures)
+
+
+def test_straight_through_gradient_keeps_the_posterior_at_a_cost(reference):
+    # Seed 002's straight-through idea: the surrogate 3 x for sign(x) |x|^(1/2), far off
+    # in the tails. The posterior is still right (every distribution and margin check),
+    # but the leapfrog integrator can lose energy there: a divergent transition or a few
+    # in 10,000, which the sanity checks report, and the only check allowed to fail.
+    # ESS per gradient evaluation is about 0.04 of the reference's; with step sizes
+    # adapted between 0.07x and 1.3x across chains its interval is wide, so its point
+    # value is what is asserted.
+    model = density(f_straight)
+    closed = mcg.models.conjugate(d=2).reference
+    gradients = mcg.check_gradients(model, model.init, closed, order=1, num_points=5)
+    assert {"grad", "grad_fd"} <= {r["check"] for r in gradients.rows if not r["passed"]}
+    report = mcg.compare_chains(mcg.sample(model, **RUN), reference)
+    failed = {c["check"] for c in report.checks if not c["passed"]}
+    assert failed <= {"divergences"}, report.failures
+    efficiency = {e["key"]: e for e in report.efficiency}
+    assert efficiency["ess_per_grad"]["ratio"] < 0.25, efficiency["ess_per_grad"]
 
 
 def test_inner_solver_stopped_early_shifts_the_posterior(reference):
