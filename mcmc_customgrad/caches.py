@@ -60,8 +60,8 @@ class LRU:
     >>> from mcmc_customgrad.caches import LRU
     >>> cache = LRU(2)
     >>> cache.put("a", 1); cache.put("b", 2); cache.put("c", 3)
-    >>> cache.get("a"), cache.get("c"), len(cache)
-    (None, 3, 2)
+    >>> cache.get("a"), cache.get("c"), len(cache), "b" in cache
+    (None, 3, 2, True)
     >>> cache.get_or_build("d", lambda: 4)
     4
     """
@@ -99,6 +99,9 @@ class LRU:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __contains__(self, key) -> bool:
+        return key in self.data
 
 
 def lru_cache(maxsize: int):

@@ -337,7 +337,7 @@ def _as_args(args, where):
 
 
 #: Compiled latent-Gaussian programs, keyed by the closure-converted likelihood's jaxpr,
-#: input structure and options (``_CACHE.data.clear()`` empties it).
+#: input structure and options (``mcg.clear_caches()`` empties it).
 _CACHE = LRU(64)
 #: Likelihoods already checked for separability (eagerly, with concrete inputs).
 _CHECKED = LRU(256)
@@ -810,7 +810,7 @@ def _latent_setup(where, log_likelihood, cov, theta0, args, mean, solver, full_o
     rtol, atol = solver.tolerances(theta0.dtype)
     params = (cov, mean, (args, consts))
     full_key = (*key, typeof(cov), rtol, atol, solver.max_steps, on_failure)
-    if key not in _CHECKED.data and _concrete(theta0, params):
+    if key not in _CHECKED and _concrete(theta0, params):
         _check_separable(where, ll, theta0, (args, consts))
         _CHECKED.put(key, True)
     cores = _CACHE.get(full_key)

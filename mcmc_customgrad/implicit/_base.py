@@ -95,8 +95,8 @@ _STATUS_MESSAGES = {
         "converges slowly and the solver could not go on (Newton goes on where it can), "
         "or a continuum of solutions (a network with a dead unit), where the solver "
         "stopped making progress with the residual within tolerance (the error estimate "
-        "is then inf). The objective's value there is still accurate (its error is of higher order "
-        "than y's), y itself is not."
+        "is then inf). The objective's value there is still accurate (its error is of "
+        "higher order than y's), y itself is not."
     ),
     Status.MAX_STEPS: (
         "the solver ran out of max_steps while still making progress: raise max_steps, "
@@ -377,9 +377,9 @@ def default_tolerances(dtype) -> tuple[float, float]:
     ``1e-10`` in float64 (the implicit gradient is only exact at the true solution, so
     the tolerance decides its accuracy, not only the speed) and ``1000 * eps`` for lower
     precisions (``1.2e-4`` in float32), which is what can be reached with the residual
-    evaluated in that precision. A
-    tolerance this coarse is larger than many residuals themselves, which is why
-    :func:`converged_within` also asks for ``y`` to be known to it.
+    evaluated in that precision. A tolerance this coarse is larger than many residuals
+    themselves, which is why :func:`converged_within` also asks for ``y`` to be known
+    to it.
     """
     eps = float(jnp.finfo(dtype).eps)
     tol = max(1e-10, 1000.0 * eps)

@@ -98,8 +98,7 @@ class Newton(Solver):
         builds its curvature from gradients and so is not misled by a singular
         Hessian. On Optimistix's 25-unknown ReLU network Newton alone stalls at a
         gradient of 5e-6; with the fallback the gradient falls below the tolerance
-        (below 1e-11). ``False`` makes
-        ``max_steps`` a hard cap.
+        (below 1e-11). ``False`` makes ``max_steps`` a hard cap.
 
     Examples
     --------
