@@ -259,10 +259,6 @@ def _as_density(obj, which):
     )
 
 
-def _labels_from_model(model):
-    return flat_labels((n, c.shape) for n, c in model.constraints.items())
-
-
 def _labels_from_tree(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return flat_labels(
@@ -303,7 +299,7 @@ def _flat_start(model, init, key):
         tree = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(float)), init)
         flat, unravel = ravel_pytree(tree)
         return flat, unravel, _labels_from_tree(tree)
-    labels = _labels_from_model(model)
+    labels = model.labels
     if init is None:
         target = Target(model, None, False, 1)
         positions, _ = initial_positions(target, key)

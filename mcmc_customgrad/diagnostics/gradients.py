@@ -77,7 +77,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._args import flat_labels
 from .._errors import surface_solver_errors
 from .._order import after
 from .._precision import float32_hint, warn_if_float32
@@ -343,7 +342,7 @@ def _as_density(obj, which):
 def _labels(model, dim):
     if model is None:
         return [f"x[{i}]" for i in range(dim)]
-    return flat_labels((n, c.shape) for n, c in model.constraints.items())
+    return model.labels
 
 
 def _check_scalar(fn, dim, dtype, which):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._args import flat_labels
 from .._precision import warn_if_float32
 from .constraints import Constraint
 
@@ -220,6 +221,22 @@ class Model:
         """
         parts = self._split(flat)
         return {name: self.constraints[name].forward(u) for name, u in parts.items()}
+
+    @property
+    def labels(self) -> list[str]:
+        """One label per coordinate of the flat position: ``name`` or ``name[i,j]``.
+
+        The labels every report and ArviZ summary uses.
+
+        Examples
+        --------
+        >>> import mcmc_customgrad as mcg
+        >>> import jax.numpy as jnp
+        >>> spec = {"mu": mcg.real(), "x": mcg.real(shape=(2,))}
+        >>> mcg.Model(lambda p: -p["mu"] ** 2 - jnp.sum(p["x"] ** 2), spec).labels
+        ['mu', 'x[0]', 'x[1]']
+        """
+        return flat_labels((n, c.shape) for n, c in self.constraints.items())
 
     def to_unconstrained(self, params: Mapping):
         """Dict of constrained arrays -> flat unconstrained vector.

@@ -135,10 +135,7 @@ def diagnose(idata) -> list[Diagnostic]:
     num_draws = int(idata.posterior.sizes["draw"])
     total = num_chains * num_draws
 
-    def stat(name):
-        return sample_stat(idata, name)
-
-    failed = stat("solver_failure")
+    failed = sample_stat(idata, "solver_failure")
     n = divergence_count(idata)
     if n:
         found.append(
@@ -163,8 +160,8 @@ def diagnose(idata) -> list[Diagnostic]:
                     "solver, or check where the inner problem has no solution.",
                 )
             )
-    converged = stat("solver_converged")
-    counts = stat("solver_status")
+    converged = sample_stat(idata, "solver_converged")
+    counts = sample_stat(idata, "solver_status")
     if converged is not None:
         n = int((~converged).sum())
         if n:
@@ -194,7 +191,7 @@ def diagnose(idata) -> list[Diagnostic]:
                     "inner problem for a direction it does not determine.",
                 )
             )
-    depth_hit = stat("reached_max_treedepth")
+    depth_hit = sample_stat(idata, "reached_max_treedepth")
     if depth_hit is not None:
         n = int(depth_hit.sum())
         if n:
@@ -234,7 +231,7 @@ def diagnose(idata) -> list[Diagnostic]:
                         + ". Draw more samples.",
                     )
                 )
-    if stat("energy") is not None and num_draws >= 4:
+    if sample_stat(idata, "energy") is not None and num_draws >= 4:
         bfmi = _arviz.bfmi(idata)
         low = [c for c, v in enumerate(bfmi) if v < EBFMI_MIN]
         if low:

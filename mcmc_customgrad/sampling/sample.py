@@ -105,7 +105,7 @@ class Target:
             m = self.model
             self.logdensity = m.logdensity
             self.template = jax.ShapeDtypeStruct((m.dim,), jnp.result_type(float))
-            self.labels = flat_labels((n, c.shape) for n, c in m.constraints.items())
+            self.labels = m.labels
             self.log_likelihood = m.log_likelihood if m.log_likelihood_fn is not None else None
         elif callable(model_or_logdensity):
             self.logdensity = model_or_logdensity
