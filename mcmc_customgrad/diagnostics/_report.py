@@ -1,15 +1,100 @@
-"""One format for every report of the diagnostics: verdict lines, cells and tables.
+"""One format for every report of the diagnostics: checks, verdict lines, cells and tables.
 
-``check_gradients``, ``coupled_chains``, ``compare_chains`` and ``sbc`` all open with the
-same verdict line, ``PASSED: all N checks, <what>`` or ``FAILED: k of N checks, <what>``,
-and print their tables through :func:`markdown_table`.
+``check_gradients``, ``coupled_chains``, ``compare_chains`` and ``sbc`` each judge a list
+of :class:`Check` records; all open with the same verdict line, ``PASSED: all N checks,
+<what>`` or ``FAILED: k of N checks, <what>`` (:func:`verdict_of`), take their failure
+sentences from the failed checks (:func:`failures_of`), and print their tables through
+:func:`markdown_table`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["verdict", "fmt", "markdown_table"]
+__all__ = ["Check", "failures_of", "verdict", "verdict_of", "fmt", "markdown_table"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One judged statistic of a report, or one piece of context (``passed=None``).
+
+    Attributes
+    ----------
+    name : str
+        What is checked (``"R-hat (max)"``).
+    value : object
+        The statistic (a float, an int or a short string).
+    threshold : str
+        The requirement as printed (``"< 1.01"``).
+    passed : bool or None
+        The outcome; None for context that is shown but not judged.
+    message : str
+        The failure sentence: what, its value, the threshold and what to do. Shown only
+        when ``passed`` is False.
+    parameter, side, kind : str or None
+        Where the check applies (a parameter's label, one run of a comparison) and its
+        family (``"sanity"``, ``"distribution"``, ...), for reports that group them.
+
+    Examples
+    --------
+    >>> from mcmc_customgrad.diagnostics._report import Check, failures_of, verdict_of
+    >>> checks = [Check("chains", 4, ">= 4", True),
+    ...           Check("R-hat (max)", 1.2, "< 1.01", False, "R-hat is 1.2: run longer"),
+    ...           Check("step size", 0.3, "-", None)]
+    >>> verdict_of(checks, "a toy report")
+    'FAILED: 1 of 2 checks, a toy report'
+    >>> failures_of(checks)
+    ['R-hat is 1.2: run longer']
+    >>> checks[1].as_row()["check"]
+    'R-hat (max)'
+    """
+
+    name: str
+    value: object
+    threshold: str
+    passed: bool | None
+    message: str = ""
+    parameter: str | None = None
+    side: str | None = None
+    kind: str | None = None
+
+    def __post_init__(self):
+        if self.passed is not None:
+            object.__setattr__(self, "passed", bool(self.passed))
+
+    @property
+    def result(self) -> str:
+        """``ok``, ``FAIL`` or ``info`` (context), as the tables print it."""
+        return "info" if self.passed is None else ("ok" if self.passed else "FAIL")
+
+    def as_row(self) -> dict:
+        """The check as a row of the reports' ``checks`` and ``rows`` lists.
+
+        Keys: ``check``, ``kind``, ``side``, ``parameter``, ``value``, ``threshold``,
+        ``passed``.
+        """
+        return {
+            "check": self.name,
+            "kind": self.kind,
+            "side": self.side,
+            "parameter": self.parameter,
+            "value": self.value,
+            "threshold": self.threshold,
+            "passed": self.passed,
+        }
+
+
+def failures_of(checks) -> list[str]:
+    """The failure sentences of the failed checks, in order."""
+    return [c.message for c in checks if c.passed is False]
+
+
+def verdict_of(checks, what: str) -> str:
+    """:func:`verdict` over the judged checks (those whose ``passed`` is not None)."""
+    judged = [c for c in checks if c.passed is not None]
+    return verdict(len(judged), sum(not c.passed for c in judged), what)
 
 
 def verdict(total: int, failed: int, what: str) -> str:

@@ -67,7 +67,7 @@ from scipy import stats as _stats
 from .. import _arviz
 from .._args import element_labels
 from ..sampling._warnings import divergence_count, sample_stat
-from ._report import markdown_table
+from ._report import Check, failures_of, markdown_table
 from ._report import verdict as verdict_line
 
 __all__ = ["ComparisonReport", "compare_chains", "write_report"]
@@ -734,6 +734,116 @@ def compare_chains(
     joint: mean squared Mahalanobis distance ... the custom draws are wider overall
     """
     alpha = float(alpha)
+    _check_arguments(
+        alpha,
+        num_permutations,
+        gradients_passed,
+        step_size_range,
+        acceptance_tol,
+        grads_per_draw_max,
+        ess_per_grad_min,
+    )
+    names = tuple(str(n) for n in names)
+    if len(names) != 2:
+        raise ValueError(f"names must be two strings (custom, reference), got {names}")
+    labels, cus, ref = _select(idata, reference_idata, var_names, names)
+    sa, sb = _side_summary(cus), _side_summary(ref)
+    if np.any(sb["sd"] == 0):
+        which = [lab for lab, s in zip(labels, sb["sd"], strict=True) if s == 0]
+        raise ValueError(
+            f"{which} are constant in the {names[1]} draws: nothing to compare them "
+            "against; leave them out with var_names="
+        )
+    settings = {
+        "names": names,
+        "alpha": alpha,
+        "mean_margin": mean_margin,
+        "sd_margin": sd_margin,
+        "quantile_margin": quantile_margin,
+        "rhat_max": rhat_max,
+        "min_ess": min_ess,
+        "min_chains": min_chains,
+        "min_draws": min_draws,
+        "ebfmi_min": ebfmi_min,
+        "step_size_range": tuple(step_size_range),
+        "acceptance_tol": acceptance_tol,
+        "grads_per_draw_max": grads_per_draw_max,
+        "ess_per_grad_min": ess_per_grad_min,
+        "gradients_passed": gradients_passed,
+        "num_permutations": int(num_permutations),
+        "seed": seed,
+        "custom_shape": (cus.num_chains, cus.num_draws),
+        "reference_shape": (ref.num_chains, ref.num_draws),
+    }
+    st = _statistics(cus, ref, sa, sb, settings, int(max_energy_draws))
+    settings.update(
+        num_z_tests=st.num_z,
+        z_cutoff=st.z_cut,
+        ks_cutoff=st.ks_cut,
+        energy_draws=st.energy_draws,
+        energy_distance=st.energy,
+        mahalanobis=(st.maha_a, st.maha_b),
+    )
+
+    checks, rows, notes = [], [], []
+    for side, summ in ((cus, sa), (ref, sb)):
+        checks += _sanity_checks(side, summ, labels, settings)
+    for j, label in enumerate(labels):
+        judged, context = _parameter_checks(j, label, st, sa, sb, settings)
+        row = {"parameter": label}
+        for key in ("mean", "sd", "q05", "q95", "ess_bulk", "ess_tail", "rhat"):
+            row[f"{key}_custom"] = float(sa[key][j])
+            row[f"{key}_reference"] = float(sb[key][j])
+        row.update({f"z_{key}": float(st.z[key][j]) for key in _Z_STATS})
+        row["ks_statistic"], row["ks_p"] = st.ks[j]
+        row["rhat_pooled"] = float(st.rhat_pooled[j])
+        row["ok"] = all(c.passed for c in judged)
+        rows.append(row)
+        checks += judged
+        notes += context
+    checks += _joint_checks(st, settings)
+
+    # Efficiency, beside the verdict.
+    efficiency, eff_failures, eff_level = _judge_efficiency(
+        cus,
+        ref,
+        _efficiency(cus, sa),
+        _efficiency(ref, sb),
+        names=names,
+        alpha=alpha,
+        step_size_range=step_size_range,
+        acceptance_tol=acceptance_tol,
+        grads_per_draw_max=grads_per_draw_max,
+        ess_per_grad_min=ess_per_grad_min,
+        gradients_passed=gradients_passed,
+    )
+    judged = [e["passed"] for e in efficiency if e["passed"] is not None]
+    settings["efficiency_level"] = eff_level
+    failures = failures_of(checks)
+    return ComparisonReport(
+        passed=not failures,
+        failures=failures,
+        rows=rows,
+        checks=[c.as_row() for c in checks],
+        efficiency=efficiency,
+        efficiency_passed=all(judged) if judged else None,
+        efficiency_failures=eff_failures,
+        settings=settings,
+        notes=notes,
+        _custom=cus,
+        _reference=ref,
+    )
+
+
+def _check_arguments(
+    alpha,
+    num_permutations,
+    gradients_passed,
+    step_size_range,
+    acceptance_tol,
+    grads_per_draw_max,
+    ess_per_grad_min,
+):
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if int(num_permutations) < 1:
@@ -754,24 +864,33 @@ def compare_chains(
             f"0 < ess_per_grad_min <= 1, got {acceptance_tol}, {grads_per_draw_max}, "
             f"{ess_per_grad_min}"
         )
-    names = tuple(str(n) for n in names)
-    if len(names) != 2:
-        raise ValueError(f"names must be two strings (custom, reference), got {names}")
-    labels, cus, ref = _select(idata, reference_idata, var_names, names)
-    d = len(labels)
-    sa, sb = _side_summary(cus), _side_summary(ref)
-    scale = sb["sd"]
-    if np.any(scale == 0):
-        which = [lab for lab, s in zip(labels, scale, strict=True) if s == 0]
-        raise ValueError(
-            f"{which} are constant in the {names[1]} draws: nothing to compare them "
-            "against; leave them out with var_names="
-        )
 
+
+@dataclasses.dataclass
+class _Statistics:
+    """The two sides' test statistics, before any threshold is applied."""
+
+    num_z: int  # z-tests in the Bonferroni family: 4 per parameter and the joint one
+    z_cut: float
+    ks_cut: float
+    z: dict  # "mean", "square", "q05", "q95" -> per-parameter z-scores
+    squares: tuple  # both sides' mean squared deviation about the mid-point, per parameter
+    indicator: dict  # "q05", "q95" -> both sides' fraction below the pooled quantile
+    ks: list  # per parameter (statistic, p-value)
+    rhat_pooled: np.ndarray
+    energy: float
+    energy_p: float
+    energy_draws: tuple
+    maha_a: float
+    maha_b: float
+    z_maha: float
+
+
+def _statistics(cus: _Side, ref: _Side, sa, sb, settings, max_energy_draws) -> _Statistics:
+    """z-scores, KS, pooled R-hat, energy distance and the Mahalanobis test."""
+    d = sa["mean"].shape[0]
+    alpha, scale = settings["alpha"], sb["sd"]
     num_z = 4 * d + 1
-    z_cut = float(_stats.norm.isf(alpha / (2 * num_z)))
-    ks_cut = alpha / d
-
     # z-scores of means, second moments (about a common centre, in reference sd units, so
     # that they measure scale and not location) and quantile indicators.
     z = {"mean": _z(sa["mean"] - sb["mean"], *(_mcse_mean(s.draws)[1] for s in (cus, ref)))}
@@ -801,14 +920,14 @@ def compare_chains(
     rhat_pooled = _arviz.rhat_draws(np.concatenate([cus.draws[:, :n], ref.draws[:, :n]]))
 
     # Joint: energy distance on standardised, ESS-thinned draws.
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(settings["seed"])
     joint = []
     for s, summ in ((cus, sa), (ref, sb)):
         x = _thin((s.draws - sb["mean"]) / scale, float(np.nanmin(summ["ess_bulk"])))
         if len(x) > max_energy_draws:
             x = x[np.sort(rng.choice(len(x), size=max_energy_draws, replace=False))]
         joint.append(x)
-    energy, energy_p = _energy_test(*joint, int(num_permutations), rng)
+    energy, energy_p = _energy_test(*joint, settings["num_permutations"], rng)
 
     # Joint: mean squared Mahalanobis distance under the reference's mean and covariance.
     cov = np.atleast_2d(np.cov(ref.flat, rowvar=False))
@@ -820,125 +939,132 @@ def compare_chains(
 
     maha_a, se_ma = _mcse_mean(mahalanobis(cus.draws))
     maha_b, se_mb = _mcse_mean(mahalanobis(ref.draws))
-    z_maha = float(_z(maha_a - maha_b, se_ma, se_mb))
+    return _Statistics(
+        num_z=num_z,
+        z_cut=float(_stats.norm.isf(alpha / (2 * num_z))),
+        ks_cut=alpha / d,
+        z=z,
+        squares=(sq_a, sq_b),
+        indicator=indicator,
+        ks=ks,
+        rhat_pooled=rhat_pooled,
+        energy=energy,
+        energy_p=energy_p,
+        energy_draws=(len(joint[0]), len(joint[1])),
+        maha_a=float(maha_a),
+        maha_b=float(maha_b),
+        z_maha=float(_z(maha_a - maha_b, se_ma, se_mb)),
+    )
 
-    checks: list[dict] = []
-    failures: list[str] = []
-    notes: list[str] = []
 
-    def check(name, kind, passed, value, threshold, message, side=None, parameter=None):
-        passed = bool(passed)
-        checks.append(
-            {
-                "check": name,
-                "kind": kind,
-                "side": side,
-                "parameter": parameter,
-                "value": value,
-                "threshold": threshold,
-                "passed": passed,
-            }
-        )
-        if not passed:
-            failures.append(message)
+def _sanity_checks(s: _Side, summ, labels, settings) -> list[Check]:
+    """One side on its own: chains, draws, R-hat, ESS, divergences and E-BFMI."""
+    min_chains, min_draws = settings["min_chains"], settings["min_draws"]
+    rhat_max, min_ess, ebfmi_min = settings["rhat_max"], settings["min_ess"], settings["ebfmi_min"]
 
-    # Sanity, per side.
-    for s, summ in ((cus, sa), (ref, sb)):
-        n_chains, n_draws = s.num_chains, s.num_draws
+    def check(name, passed, value, threshold, message):
+        return Check(name, value, threshold, passed, message, side=s.name, kind="sanity")
+
+    n_chains, n_draws = s.num_chains, s.num_draws
+    out = [
         check(
             "chains",
-            "sanity",
             n_chains >= min_chains,
             n_chains,
             f">= {min_chains}",
             f"{s.name}: {n_chains} chains, fewer than the {min_chains} the protocol asks for "
             "(run more chains, or lower min_chains=)",
-            side=s.name,
-        )
+        ),
         check(
             "draws per chain",
-            "sanity",
             n_draws >= min_draws,
             n_draws,
             f">= {min_draws}",
             f"{s.name}: {n_draws} draws per chain, fewer than the {min_draws} the protocol asks "
             "for (draw more, or lower min_draws=)",
-            side=s.name,
-        )
-        worst = int(np.nanargmax(summ["rhat"])) if np.isfinite(summ["rhat"]).any() else 0
-        value = float(summ["rhat"][worst])
+        ),
+    ]
+    worst = int(np.nanargmax(summ["rhat"])) if np.isfinite(summ["rhat"]).any() else 0
+    value = float(summ["rhat"][worst])
+    out.append(
         check(
             "R-hat (max)",
-            "sanity",
             value < rhat_max,
             value,
             f"< {rhat_max}",
             f"{s.name}: R-hat of {labels[worst]} is {value:.4f}, not below {rhat_max}: its "
             "chains disagree (longer warmup, more draws)",
-            side=s.name,
         )
-        for method in ("bulk", "tail"):
-            ess = summ[f"ess_{method}"]
-            worst = int(np.argmin(np.nan_to_num(ess, nan=-1.0)))
-            value = float(ess[worst])
+    )
+    for method in ("bulk", "tail"):
+        ess = summ[f"ess_{method}"]
+        worst = int(np.argmin(np.nan_to_num(ess, nan=-1.0)))
+        value = float(ess[worst])
+        out.append(
             check(
                 f"{method} ESS (min)",
-                "sanity",
                 value >= min_ess,
                 value,
                 f">= {min_ess}",
                 f"{s.name}: {method} ESS of {labels[worst]} is {value:.0f}, below {min_ess} "
                 "(draw more)",
-                side=s.name,
             )
-        count = divergence_count(s.idata)
-        if count is not None:
+        )
+    count = divergence_count(s.idata)
+    if count is not None:
+        out.append(
             check(
                 "divergences",
-                "sanity",
                 count == 0,
                 count,
                 "0",
                 f"{s.name}: {count} divergent transitions (raise target_accept or reparameterise)",
-                side=s.name,
             )
-        if sample_stat(s.idata, "energy") is not None:
-            bfmi = _arviz.bfmi(s.idata)
-            value = float(np.min(bfmi))
+        )
+    if sample_stat(s.idata, "energy") is not None:
+        value = float(np.min(_arviz.bfmi(s.idata)))
+        out.append(
             check(
                 "E-BFMI (min)",
-                "sanity",
                 value >= ebfmi_min,
                 value,
                 f">= {ebfmi_min}",
                 f"{s.name}: E-BFMI is {value:.3f} in its worst chain, below {ebfmi_min}",
-                side=s.name,
             )
+        )
+    return out
 
-    # Distribution, per parameter.
-    rows = []
-    for j, label in enumerate(labels):
-        row = {"parameter": label}
-        for key in ("mean", "sd", "q05", "q95", "ess_bulk", "ess_tail", "rhat"):
-            row[f"{key}_custom"] = float(sa[key][j])
-            row[f"{key}_reference"] = float(sb[key][j])
-        start = len(checks)
-        for key in _Z_STATS:
-            value = float(z[key][j])
-            row[f"z_{key}"] = value
-            if key == "mean":
-                detail = f"{names[0]} {sa['mean'][j]:.4g}, {names[1]} {sb['mean'][j]:.4g}"
-            elif key == "square":
-                detail = (
-                    f"{names[0]} {sq_a[j]:.4g}, {names[1]} {sq_b[j]:.4g} in squared "
-                    f"{names[1]} sd about the mid-point of the means"
-                )
-            else:
-                pa, pb = indicator[key]
-                detail = (
-                    f"fraction below the pooled {key[1:]}% quantile: {names[0]} "
-                    f"{pa[j]:.4f}, {names[1]} {pb[j]:.4f}"
-                )
+
+def _parameter_checks(j, label, st: _Statistics, sa, sb, settings):
+    """One scalar parameter: its z-tests, KS, pooled R-hat and equivalence margins.
+
+    Returns ``(checks, notes)``: a margin that is exceeded within Monte Carlo noise is a
+    note, not a failure (module notes).
+    """
+    names, alpha, z_cut = settings["names"], settings["alpha"], st.z_cut
+    rhat_max = settings["rhat_max"]
+
+    def check(name, kind, passed, value, threshold, message):
+        return Check(name, value, threshold, passed, message, parameter=label, kind=kind)
+
+    checks, notes = [], []
+    for key in _Z_STATS:
+        value = float(st.z[key][j])
+        if key == "mean":
+            detail = f"{names[0]} {sa['mean'][j]:.4g}, {names[1]} {sb['mean'][j]:.4g}"
+        elif key == "square":
+            sq_a, sq_b = st.squares
+            detail = (
+                f"{names[0]} {sq_a[j]:.4g}, {names[1]} {sq_b[j]:.4g} in squared "
+                f"{names[1]} sd about the mid-point of the means"
+            )
+        else:
+            pa, pb = st.indicator[key]
+            detail = (
+                f"fraction below the pooled {key[1:]}% quantile: {names[0]} "
+                f"{pa[j]:.4f}, {names[1]} {pb[j]:.4f}"
+            )
+        checks.append(
             check(
                 f"z {key}",
                 "distribution",
@@ -946,23 +1072,24 @@ def compare_chains(
                 value,
                 f"|z| <= {z_cut:.3g}",
                 f"{label}: z-score of {_Z_WHAT[key]} is {value:.2f} ({detail}), beyond the "
-                f"Bonferroni cut-off {z_cut:.2f} (family alpha {alpha:g}, {num_z} tests)",
-                parameter=label,
+                f"Bonferroni cut-off {z_cut:.2f} (family alpha {alpha:g}, {st.num_z} tests)",
             )
-        stat, p = ks[j]
-        row["ks_statistic"], row["ks_p"] = stat, p
+        )
+    stat, p = st.ks[j]
+    d = len(st.ks)
+    checks.append(
         check(
             "KS",
             "distribution",
-            p >= ks_cut,
+            p >= st.ks_cut,
             p,
-            f"p >= {ks_cut:.3g}",
+            f"p >= {st.ks_cut:.3g}",
             f"{label}: Kolmogorov-Smirnov p-value {p:.2g} (D = {stat:.3f}, ESS-thinned draws) "
-            f"is below {ks_cut:.3g} (alpha {alpha:g} / {d} parameters)",
-            parameter=label,
+            f"is below {st.ks_cut:.3g} (alpha {alpha:g} / {d} parameters)",
         )
-        value = float(rhat_pooled[j])
-        row["rhat_pooled"] = value
+    )
+    value = float(st.rhat_pooled[j])
+    checks.append(
         check(
             "pooled R-hat",
             "distribution",
@@ -971,15 +1098,16 @@ def compare_chains(
             f"< {rhat_max}",
             f"{label}: R-hat of the pooled {names[0]} and {names[1]} chains is {value:.4f}, "
             f"not below {rhat_max}: the two sides target different distributions",
-            parameter=label,
         )
-        sd = scale[j]
+    )
+    sd = sb["sd"][j]
 
-        def margin(name, beyond, value, threshold, z_key, message, j=j, label=label):
-            # Failed only when practically (beyond the margin) and statistically (|z|
-            # beyond the Bonferroni cut-off) significant; see the module notes.
-            z_value = abs(float(z[z_key][j]))
-            significant = z_value > z_cut
+    def margin(name, beyond, value, threshold, z_key, message):
+        # Failed only when practically (beyond the margin) and statistically (|z|
+        # beyond the Bonferroni cut-off) significant; see the module notes.
+        z_value = abs(float(st.z[z_key][j]))
+        significant = z_value > z_cut
+        checks.append(
             check(
                 name,
                 "margin",
@@ -987,132 +1115,80 @@ def compare_chains(
                 float(value),
                 f"{threshold}, or |z {z_key}| <= {z_cut:.3g}",
                 f"{message} (|z| = {z_value:.2f})",
-                parameter=label,
             )
-            if beyond and not significant:
-                notes.append(
-                    f"{message}, but within Monte Carlo noise (|z| = {z_value:.2f} <= "
-                    f"{z_cut:.2f}): equivalence not shown at this run length; draw more "
-                    "to decide"
-                )
+        )
+        if beyond and not significant:
+            notes.append(
+                f"{message}, but within Monte Carlo noise (|z| = {z_value:.2f} <= "
+                f"{z_cut:.2f}): equivalence not shown at this run length; draw more "
+                "to decide"
+            )
 
-        value = abs(sa["mean"][j] - sb["mean"][j]) / sd
+    mean_margin, sd_margin = settings["mean_margin"], settings["sd_margin"]
+    quantile_margin = settings["quantile_margin"]
+    value = abs(sa["mean"][j] - sb["mean"][j]) / sd
+    margin(
+        "mean margin",
+        value > mean_margin,
+        value,
+        f"<= {mean_margin} sd",
+        "mean",
+        f"{label}: the means differ by {value:.3f} {names[1]} sd ({sa['mean'][j]:.4g} vs "
+        f"{sb['mean'][j]:.4g}), more than the margin {mean_margin} sd",
+    )
+    ratio = sa["sd"][j] / sd
+    margin(
+        "sd ratio margin",
+        abs(ratio - 1.0) > sd_margin,
+        ratio,
+        f"within 1 +- {sd_margin}",
+        "square",
+        f"{label}: sd ratio {names[0]}/{names[1]} is {ratio:.3f} ({sa['sd'][j]:.4g} vs "
+        f"{sd:.4g}), outside 1 +- {sd_margin}",
+    )
+    for key in ("q05", "q95"):
+        value = abs(sa[key][j] - sb[key][j]) / sd
         margin(
-            "mean margin",
-            value > mean_margin,
+            f"{key} margin",
+            value > quantile_margin,
             value,
-            f"<= {mean_margin} sd",
-            "mean",
-            f"{label}: the means differ by {value:.3f} {names[1]} sd ({sa['mean'][j]:.4g} vs "
-            f"{sb['mean'][j]:.4g}), more than the margin {mean_margin} sd",
+            f"<= {quantile_margin} sd",
+            key,
+            f"{label}: the {key[1:]}% quantiles differ by {value:.3f} {names[1]} sd "
+            f"({sa[key][j]:.4g} vs {sb[key][j]:.4g}), more than the margin "
+            f"{quantile_margin} sd",
         )
-        ratio = sa["sd"][j] / sd
-        margin(
-            "sd ratio margin",
-            abs(ratio - 1.0) > sd_margin,
-            ratio,
-            f"within 1 +- {sd_margin}",
-            "square",
-            f"{label}: sd ratio {names[0]}/{names[1]} is {ratio:.3f} ({sa['sd'][j]:.4g} vs "
-            f"{sd:.4g}), outside 1 +- {sd_margin}",
-        )
-        for key in ("q05", "q95"):
-            value = abs(sa[key][j] - sb[key][j]) / sd
-            margin(
-                f"{key} margin",
-                value > quantile_margin,
-                value,
-                f"<= {quantile_margin} sd",
-                key,
-                f"{label}: the {key[1:]}% quantiles differ by {value:.3f} {names[1]} sd "
-                f"({sa[key][j]:.4g} vs {sb[key][j]:.4g}), more than the margin "
-                f"{quantile_margin} sd",
-            )
-        row["ok"] = all(c["passed"] for c in checks[start:])
-        rows.append(row)
+    return checks, notes
 
-    # Distribution, joint.
-    check(
-        "energy distance",
-        "distribution",
-        energy_p >= alpha,
-        energy_p,
-        f"p >= {alpha:g}",
-        f"joint: energy-distance permutation test p-value {energy_p:.3g} (distance "
-        f"{energy:.4g}, {num_permutations} permutations, {len(joint[0])} and {len(joint[1])} "
-        f"ESS-thinned draws) is below alpha {alpha:g}",
-    )
-    check(
-        "Mahalanobis second moment",
-        "distribution",
-        abs(z_maha) <= z_cut,
-        z_maha,
-        f"|z| <= {z_cut:.3g}",
-        f"joint: mean squared Mahalanobis distance under the {names[1]} mean and covariance "
-        f"is {maha_a:.4g} ({names[0]}) against {maha_b:.4g} ({names[1]}), z = {z_maha:.2f} "
-        f"beyond {z_cut:.2f}: the {names[0]} draws are "
-        + ("wider" if maha_a > maha_b else "narrower")
-        + " overall",
-    )
 
-    # Efficiency, beside the verdict.
-    efficiency, eff_failures, eff_level = _judge_efficiency(
-        cus,
-        ref,
-        _efficiency(cus, sa),
-        _efficiency(ref, sb),
-        names=names,
-        alpha=alpha,
-        step_size_range=step_size_range,
-        acceptance_tol=acceptance_tol,
-        grads_per_draw_max=grads_per_draw_max,
-        ess_per_grad_min=ess_per_grad_min,
-        gradients_passed=gradients_passed,
-    )
-    judged = [e["passed"] for e in efficiency if e["passed"] is not None]
-    eff_passed = all(judged) if judged else None
-
-    settings = {
-        "names": names,
-        "alpha": alpha,
-        "num_z_tests": num_z,
-        "z_cutoff": z_cut,
-        "ks_cutoff": ks_cut,
-        "mean_margin": mean_margin,
-        "sd_margin": sd_margin,
-        "quantile_margin": quantile_margin,
-        "rhat_max": rhat_max,
-        "min_ess": min_ess,
-        "min_chains": min_chains,
-        "min_draws": min_draws,
-        "ebfmi_min": ebfmi_min,
-        "step_size_range": tuple(step_size_range),
-        "acceptance_tol": acceptance_tol,
-        "grads_per_draw_max": grads_per_draw_max,
-        "ess_per_grad_min": ess_per_grad_min,
-        "efficiency_level": eff_level,
-        "gradients_passed": gradients_passed,
-        "num_permutations": int(num_permutations),
-        "energy_draws": (len(joint[0]), len(joint[1])),
-        "energy_distance": energy,
-        "mahalanobis": (float(maha_a), float(maha_b)),
-        "seed": seed,
-        "custom_shape": (cus.num_chains, cus.num_draws),
-        "reference_shape": (ref.num_chains, ref.num_draws),
-    }
-    return ComparisonReport(
-        passed=not failures,
-        failures=failures,
-        rows=rows,
-        checks=checks,
-        efficiency=efficiency,
-        efficiency_passed=eff_passed,
-        efficiency_failures=eff_failures,
-        settings=settings,
-        notes=notes,
-        _custom=cus,
-        _reference=ref,
-    )
+def _joint_checks(st: _Statistics, settings) -> list[Check]:
+    """The energy-distance test and the Mahalanobis second-moment z-test."""
+    names, alpha = settings["names"], settings["alpha"]
+    wider = "wider" if st.maha_a > st.maha_b else "narrower"
+    return [
+        Check(
+            "energy distance",
+            st.energy_p,
+            f"p >= {alpha:g}",
+            st.energy_p >= alpha,
+            f"joint: energy-distance permutation test p-value {st.energy_p:.3g} (distance "
+            f"{st.energy:.4g}, {settings['num_permutations']} permutations, "
+            f"{st.energy_draws[0]} and {st.energy_draws[1]} ESS-thinned draws) is below alpha "
+            f"{alpha:g}",
+            kind="distribution",
+        ),
+        Check(
+            "Mahalanobis second moment",
+            st.z_maha,
+            f"|z| <= {st.z_cut:.3g}",
+            abs(st.z_maha) <= st.z_cut,
+            f"joint: mean squared Mahalanobis distance under the {names[1]} mean and "
+            f"covariance is {st.maha_a:.4g} ({names[0]}) against {st.maha_b:.4g} "
+            f"({names[1]}), z = {st.z_maha:.2f} beyond {st.z_cut:.2f}: the {names[0]} draws "
+            f"are {wider} overall",
+            kind="distribution",
+        ),
+    ]
 
 
 def _cause(names, gradients_passed) -> str:
