@@ -15,18 +15,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from .._args import check_int, flat_labels
 from .._errors import surface_solver_errors
 from ..logdensity import Model
+from ..sampling._kernels import Settings, draws_fn, warmup_fn
 from ..sampling.sample import Target, initial_positions
-from ._report import markdown_table, verdict
+from ._report import Check, failures_of, markdown_table, verdict
 
 __all__ = ["CoupledReport", "coupled_chains"]
 
@@ -346,35 +345,6 @@ def _check_scalar(fn, template, which):
         )
 
 
-def _algorithm(kernel, max_treedepth, num_integration_steps):
-    if kernel == "nuts":
-        return blackjax.nuts, {"max_num_doublings": max_treedepth}
-    return blackjax.hmc, {"num_integration_steps": num_integration_steps}
-
-
-def _run_fn(logdensity, algorithm, extra):
-    """``run(start, step_size, imm, keys) -> per-transition arrays``, one jit per density."""
-
-    def run(start, step_size, inverse_mass_matrix, keys):
-        kernel = algorithm(
-            logdensity, step_size=step_size, inverse_mass_matrix=inverse_mass_matrix, **extra
-        )
-
-        def one(state, key):
-            state, info = kernel.step(key, state)
-            return state, (
-                state.position,
-                jnp.asarray(info.num_integration_steps, jnp.int32),
-                jnp.asarray(info.acceptance_rate),
-                jnp.asarray(info.is_divergent, bool),
-                state.logdensity,
-            )
-
-        return lax.scan(one, kernel.init(start), keys)[1]
-
-    return jax.jit(run)
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -507,29 +477,136 @@ def coupled_chains(
     """
     num_steps = check_int("coupled_chains", "num_steps", num_steps, 1)
     num_compare = min(check_int("coupled_chains", "num_compare", num_compare, 1), num_steps)
-    max_treedepth = check_int("coupled_chains", "max_treedepth", max_treedepth, 1)
-    num_integration_steps = check_int(
-        "coupled_chains", "num_integration_steps", num_integration_steps, 1
-    )
-    if kernel not in KERNELS:
-        raise ValueError(f"coupled_chains: unknown kernel {kernel!r}; choose one of {KERNELS}.")
     if sd not in SD_SOURCES:
         raise ValueError(f"coupled_chains: unknown sd {sd!r}; choose one of {SD_SOURCES}.")
-    target_accept = _check_fraction("target_accept", target_accept, 0, 1, closed_high=False)
     min_step_agreement = _check_fraction("min_step_agreement", min_step_agreement, 0, 1)
     if isinstance(position_tol, bool) or not (
         isinstance(position_tol, int | float | np.floating) and position_tol > 0
     ):
         raise ValueError(f"coupled_chains: position_tol must be > 0, got {position_tol!r}.")
-    adapt = step_size is None and inverse_mass_matrix is None
     if (step_size is None) != (inverse_mass_matrix is None):
         raise ValueError(
             "coupled_chains: give both step_size and inverse_mass_matrix (to skip the warmup) "
             "or neither (to adapt them on the reference)."
         )
-    if adapt:
-        num_warmup = check_int("coupled_chains", "num_warmup", num_warmup, 1)
+    adapt = step_size is None
+    # num_warmup is checked (and used) only when the warmup runs.
+    num_warmup = check_int("coupled_chains", "num_warmup", num_warmup, 1) if adapt else 1
+    settings = _settings(
+        kernel, target_accept, max_treedepth, num_integration_steps, dense_mass, num_warmup
+    )
 
+    key = _key(seed)
+    k_init, k_warm, k_draw = jax.random.split(key, 3)
+    f_custom, f_ref, x0, labels = _densities(logdensity, reference_logdensity, init, k_init)
+    dim = int(x0.shape[0])
+
+    # The sampler's own stages: window adaptation on the reference, then one run of
+    # transitions per density from the same state, step size, mass matrix and keys.
+    if adapt:
+        state, step, imm, _ = jax.jit(warmup_fn(f_ref, settings))(k_warm, x0)
+        start = state.position
+    else:
+        start = x0
+        step, imm = _given_parameters(step_size, inverse_mass_matrix, dim)
+    ref_out = _run(f_ref, settings, num_steps, start, step, imm, k_draw)
+    out = _run(f_custom, settings, num_steps, start, step, imm, k_draw)
+    x_ref, x = ref_out["position"], out["position"]
+    n_ref, n = ref_out["n_steps"], out["n_steps"]
+    value_on_ref = np.asarray(jax.jit(jax.vmap(f_custom))(jnp.asarray(x_ref)))
+
+    imm_np = np.asarray(imm)
+    mass_sd = np.sqrt(np.diag(imm_np) if imm_np.ndim == 2 else imm_np)
+    if sd == "reference":
+        scale = np.std(x_ref, axis=0, ddof=1) if num_steps > 1 else np.zeros(dim)
+        scale = np.where(scale > 0, scale, mass_sd)
+    else:
+        scale = mass_sd
+    with np.errstate(invalid="ignore"):
+        per_coord = np.abs(x - x_ref) / scale
+        value_diff = value_on_ref - ref_out["lp"]
+        lp_diff = out["lp"] - ref_out["lp"]
+    per_coord = np.where(np.isfinite(per_coord), per_coord, np.inf)
+    scaled = per_coord.max(axis=1)
+    parted = (n != n_ref) | (scaled > position_tol)
+    first = int(np.flatnonzero(parted)[0]) if parted.any() else None
+    moved = np.any(np.abs(np.diff(np.vstack([np.asarray(start)[None], x_ref]), axis=0)) > 0, 1)
+    checks = _coupled_checks(
+        n=n,
+        n_ref=n_ref,
+        per_coord=per_coord,
+        scaled=scaled,
+        first=first,
+        moved=moved,
+        labels=labels,
+        num_compare=num_compare,
+        min_step_agreement=min_step_agreement,
+        position_tol=position_tol,
+        step=float(step),
+    )
+    checks += [
+        Check("max |logp - logp_ref| at the reference positions", _max_abs(value_diff), "-", None),
+        Check(
+            f"max |logp - logp_ref| along both paths, first {num_compare} transitions",
+            _max_abs(lp_diff[:num_compare]),
+            "-",
+            None,
+        ),
+        Check("step size", float(step), "-", None),
+    ]
+    failures = failures_of(checks)
+    compared = per_coord[:num_compare]
+    return CoupledReport(
+        passed=not failures,
+        failures=failures,
+        rows=[_row(c) for c in checks],
+        positions=x,
+        reference_positions=x_ref,
+        num_integration_steps=n,
+        reference_num_integration_steps=n_ref,
+        acceptance_rate=out["acceptance_rate"],
+        reference_acceptance_rate=ref_out["acceptance_rate"],
+        diverging=out["diverging"],
+        reference_diverging=ref_out["diverging"],
+        logdensity=out["lp"],
+        reference_logdensity=ref_out["lp"],
+        value_difference=value_diff,
+        scaled_difference=scaled,
+        sd=scale,
+        sd_source=sd,
+        first_divergence=first,
+        step_agreement=float(np.mean(n == n_ref)),
+        max_scaled_difference=float(compared.max()),
+        start=np.asarray(start),
+        step_size=float(step),
+        inverse_mass_matrix=imm_np,
+        labels=labels,
+        kernel=kernel,
+        num_compare=num_compare,
+        min_step_agreement=min_step_agreement,
+        position_tol=float(position_tol),
+    )
+
+
+def _settings(kernel, target_accept, max_treedepth, num_integration_steps, dense_mass, num_warmup):
+    """The sampler's :class:`Settings` for the arguments, checked."""
+    if kernel not in KERNELS:
+        raise ValueError(f"coupled_chains: unknown kernel {kernel!r}; choose one of {KERNELS}.")
+    target_accept = _check_fraction("target_accept", target_accept, 0, 1, closed_high=False)
+    return Settings(
+        kernel=kernel,
+        target_accept=target_accept,
+        max_treedepth=check_int("coupled_chains", "max_treedepth", max_treedepth, 1),
+        num_integration_steps=check_int(
+            "coupled_chains", "num_integration_steps", num_integration_steps, 1
+        ),
+        dense_mass=bool(dense_mass),
+        num_warmup=num_warmup,
+    )
+
+
+def _densities(logdensity, reference_logdensity, init, key):
+    """Both densities on one flat vector, the start and the coordinates' labels."""
     custom = _as_density(logdensity, "logdensity")
     reference = _as_density(reference_logdensity, "reference_logdensity")
     models = [m for m in (reference, custom) if isinstance(m, Model)]
@@ -540,186 +617,107 @@ def coupled_chains(
             f"{list(custom.names)} and {list(reference.names)}). Compare a model with the "
             "reference of the same parameters and layout."
         )
-    key = _key(seed)
-    k_init, k_warm, k_draw = jax.random.split(key, 3)
-    model = models[0] if models else None
-    x0, unravel, labels = _flat_start(model, init, k_init)
-    dim = int(x0.shape[0])
+    x0, unravel, labels = _flat_start(models[0] if models else None, init, key)
     f_custom = _flat_density(custom, unravel)
     f_ref = _flat_density(reference, unravel)
-    template = jax.ShapeDtypeStruct((dim,), x0.dtype)
+    template = jax.ShapeDtypeStruct(x0.shape, x0.dtype)
     _check_scalar(f_ref, template, "reference_logdensity")
     _check_scalar(f_custom, template, "logdensity")
-
     lp0, g0 = jax.jit(jax.value_and_grad(f_ref))(x0)
     if not (np.isfinite(float(lp0)) and np.all(np.isfinite(np.asarray(g0)))):
         raise ValueError(
             f"coupled_chains: the reference log-density at the start is {float(lp0)!r} with "
             f"gradient {np.asarray(g0)!r}; give init a point where both are finite."
         )
+    return f_custom, f_ref, x0, labels
 
-    algorithm, extra = _algorithm(kernel, max_treedepth, num_integration_steps)
-    if adapt:
-        adaptation = blackjax.window_adaptation(
-            algorithm,
-            f_ref,
-            is_mass_matrix_diagonal=not dense_mass,
-            target_acceptance_rate=target_accept,
-            adaptation_info_fn=lambda state, info, adaptation_state: None,
-            **extra,
-        )
-        warm = jax.jit(lambda k, x: adaptation.run(k, x, num_warmup)[0])
-        state, params = warm(k_warm, x0)
-        start = state.position
-        step = jnp.asarray(params["step_size"])
-        imm = jnp.asarray(params["inverse_mass_matrix"])
-    else:
-        start = x0
-        step, imm = _given_parameters(step_size, inverse_mass_matrix, dim)
 
-    keys = jax.random.split(k_draw, num_steps)
-    ref_out = jax.device_get(_run_fn(f_ref, algorithm, extra)(start, step, imm, keys))
-    out = jax.device_get(_run_fn(f_custom, algorithm, extra)(start, step, imm, keys))
-    x_ref, n_ref, acc_ref, div_ref, lp_ref = (np.asarray(a) for a in ref_out)
-    x, n, acc, div, lp = (np.asarray(a) for a in out)
-    value_on_ref = np.asarray(jax.jit(jax.vmap(f_custom))(jnp.asarray(x_ref)))
+def _run(logdensity, settings: Settings, num_steps, start, step, imm, key) -> dict:
+    """``num_steps`` transitions from ``start``: the sampler's draws stage, as NumPy arrays."""
+    draws = draws_fn(logdensity, settings, num_steps)
 
-    imm_np = np.asarray(imm)
-    mass_sd = np.sqrt(np.diag(imm_np) if imm_np.ndim == 2 else imm_np)
-    if sd == "reference":
-        scale = np.std(x_ref, axis=0, ddof=1) if num_steps > 1 else np.zeros(dim)
-        scale = np.where(scale > 0, scale, mass_sd)
-    else:
-        scale = mass_sd
+    def run(start, step, imm, key):
+        state = settings.init_state(logdensity, start)
+        return draws(state, step, imm, key, jnp.int32(0), jnp.int32(num_steps))[1]
 
-    with np.errstate(invalid="ignore"):
-        per_coord = np.abs(x - x_ref) / scale
-    per_coord = np.where(np.isfinite(per_coord), per_coord, np.inf)
-    scaled = per_coord.max(axis=1)
+    record = jax.device_get(jax.jit(run)(start, step, imm, key))
+    t = record.transition
+    return {
+        "position": np.asarray(record.position),
+        "lp": np.asarray(record.lp),
+        "n_steps": np.asarray(t.n_steps),
+        "acceptance_rate": np.asarray(t.acceptance_rate),
+        "diverging": np.asarray(t.diverging),
+    }
+
+
+def _row(check: Check) -> dict:
+    row = check.as_row()
+    return {k: row[k] for k in ("check", "parameter", "value", "threshold", "passed")}
+
+
+def _coupled_checks(
+    *,
+    n,
+    n_ref,
+    per_coord,
+    scaled,
+    first,
+    moved,
+    labels,
+    num_compare,
+    min_step_agreement,
+    position_tol,
+    step,
+) -> list[Check]:
+    """The three judged checks and where the chains first part."""
+    num_steps = len(n)
     same_steps = n == n_ref
-    parted = ~same_steps | (scaled > position_tol)
-    first = int(np.flatnonzero(parted)[0]) if parted.any() else None
     agreement = float(same_steps.mean())
     compared = per_coord[:num_compare]
     worst_t, worst_i = np.unravel_index(int(np.argmax(compared)), compared.shape)
     max_scaled = float(compared[worst_t, worst_i])
-    moved = np.any(np.abs(np.diff(np.vstack([np.asarray(start)[None], x_ref]), axis=0)) > 0, 1)
-    with np.errstate(invalid="ignore"):
-        value_diff = value_on_ref - lp_ref
-        lp_diff = lp - lp_ref
-
     where = _describe_first(first, n, n_ref, scaled, labels, per_coord)
-    rows, failures = [], []
-
-    ok = agreement >= min_step_agreement
-    rows.append(
-        {
-            "check": "identical num_integration_steps",
-            "parameter": "all",
-            "value": agreement,
-            "threshold": f">= {min_step_agreement:g}",
-            "passed": ok,
-        }
-    )
-    if not ok:
-        failures.append(
-            f"num_integration_steps: identical in {agreement:.1%} of {num_steps} transitions "
-            f"({int((~same_steps).sum())} differ), below {min_step_agreement:.0%}; {where}."
-        )
-    ok = max_scaled <= position_tol
-    rows.append(
-        {
-            "check": f"max |x - x_ref| / sd, first {num_compare} transitions",
-            "parameter": labels[worst_i],
-            "value": max_scaled,
-            "threshold": f"<= {position_tol:g}",
-            "passed": ok,
-        }
-    )
-    if not ok:
-        failures.append(
-            f"{labels[worst_i]}: |x - x_ref| / sd reaches {max_scaled:.3g} at transition "
-            f"{worst_t} (within the first {num_compare}), above {position_tol:g}; {where}."
-        )
     frac_moved = float(moved.mean())
-    ok = frac_moved > 0
-    rows.append(
-        {
-            "check": "reference chain moved",
-            "parameter": "all",
-            "value": frac_moved,
-            "threshold": "> 0",
-            "passed": ok,
-        }
-    )
-    if not ok:
-        failures.append(
+    return [
+        Check(
+            "identical num_integration_steps",
+            agreement,
+            f">= {min_step_agreement:g}",
+            agreement >= min_step_agreement,
+            f"num_integration_steps: identical in {agreement:.1%} of {num_steps} transitions "
+            f"({int((~same_steps).sum())} differ), below {min_step_agreement:.0%}; {where}.",
+            parameter="all",
+        ),
+        Check(
+            f"max |x - x_ref| / sd, first {num_compare} transitions",
+            max_scaled,
+            f"<= {position_tol:g}",
+            max_scaled <= position_tol,
+            f"{labels[worst_i]}: |x - x_ref| / sd reaches {max_scaled:.3g} at transition "
+            f"{worst_t} (within the first {num_compare}), above {position_tol:g}; {where}.",
+            parameter=labels[worst_i],
+        ),
+        Check(
+            "reference chain moved",
+            frac_moved,
+            "> 0",
+            frac_moved > 0,
             f"reference chain: never moved in {num_steps} transitions (step size "
-            f"{float(step):.3g}), so the comparison says nothing; give a start inside the "
-            "typical set or a longer warmup."
-        )
-    rows += [
-        {
-            "check": "first diverging transition",
-            "parameter": "-"
+            f"{step:.3g}), so the comparison says nothing; give a start inside the "
+            "typical set or a longer warmup.",
+            parameter="all",
+        ),
+        Check(
+            "first diverging transition",
+            "none" if first is None else first,
+            "-",
+            None,
+            parameter="-"
             if first is None or scaled[first] <= position_tol
             else labels[int(np.argmax(per_coord[first]))],
-            "value": "none" if first is None else first,
-            "threshold": "-",
-            "passed": None,
-        },
-        {
-            "check": "max |logp - logp_ref| at the reference positions",
-            "parameter": "-",
-            "value": _max_abs(value_diff),
-            "threshold": "-",
-            "passed": None,
-        },
-        {
-            "check": f"max |logp - logp_ref| along both paths, first {num_compare} transitions",
-            "parameter": "-",
-            "value": _max_abs(lp_diff[:num_compare]),
-            "threshold": "-",
-            "passed": None,
-        },
-        {
-            "check": "step size",
-            "parameter": "-",
-            "value": float(step),
-            "threshold": "-",
-            "passed": None,
-        },
+        ),
     ]
-    return CoupledReport(
-        passed=not failures,
-        failures=failures,
-        rows=rows,
-        positions=x,
-        reference_positions=x_ref,
-        num_integration_steps=n,
-        reference_num_integration_steps=n_ref,
-        acceptance_rate=acc,
-        reference_acceptance_rate=acc_ref,
-        diverging=div,
-        reference_diverging=div_ref,
-        logdensity=lp,
-        reference_logdensity=lp_ref,
-        value_difference=value_diff,
-        scaled_difference=scaled,
-        sd=scale,
-        sd_source=sd,
-        first_divergence=first,
-        step_agreement=agreement,
-        max_scaled_difference=max_scaled,
-        start=np.asarray(start),
-        step_size=float(step),
-        inverse_mass_matrix=imm_np,
-        labels=labels,
-        kernel=kernel,
-        num_compare=num_compare,
-        min_step_agreement=min_step_agreement,
-        position_tol=float(position_tol),
-    )
 
 
 def _given_parameters(step_size, inverse_mass_matrix, dim):

@@ -41,6 +41,11 @@ class Settings:
         # refresh, one gradient per proposal, Metropolis correction on the energy).
         return blackjax.hmc, {"num_integration_steps": 1}
 
+    def init_state(self, logdensity_fn, position):
+        """The kernel's Blackjax state at ``position`` (for :func:`draws_fn`)."""
+        algorithm, _ = self.algorithm()
+        return algorithm.init(position, logdensity_fn)
+
 
 class Transition(NamedTuple):
     """What we keep from each transition's Blackjax info (all scalars)."""
