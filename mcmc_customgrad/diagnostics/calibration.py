@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from .. import _arviz
 from .._args import check_int, flat_labels
 from .._errors import surface_solver_errors
 from ..caches import LRU, lru_cache
 from ..logdensity.constraints import Constraint
 from ..logdensity.model import Model
-from ..sampling._kernels import KERNELS, Settings, draws_fn, warmup_fn
+from ..sampling._kernels import KERNELS, Settings, draws_fn, start_fn, warmup_fn
 from ..sampling._warnings import genuine_divergences
 from ._report import verdict
 
@@ -51,8 +52,6 @@ __all__ = [
 
 #: The name of the log-likelihood test quantity in :attr:`SBCReport.ranks`.
 LOG_LIKELIHOOD = "log_likelihood"
-#: Starting points tried per chain before a chain is reported as not initialised.
-MAX_INIT_TRIES = 100
 #: Smallest expected count per chi-square bin (Cochran's rule).
 MIN_EXPECTED = 5.0
 
@@ -446,34 +445,6 @@ def _ecdf_pvalue(counts, table, null):
         return 1.0
     stat = _min_tail(table, counts)
     return float((1 + np.searchsorted(null, stat, side="right")) / (null.size + 1))
-
-
-# ------------------------------------------------------------------------- effective size
-
-
-def _ess(x):
-    """Multi-chain ESS of ``x`` with shape (chains, draws) (Stan's Geyer estimator)."""
-    x = np.asarray(x, float)
-    m, n = x.shape
-    if n < 4:
-        return float(m * n)
-    centred = x - x.mean(axis=1, keepdims=True)
-    size = 2 ** int(np.ceil(np.log2(2 * n)))
-    f = np.fft.rfft(centred, size, axis=1)
-    acov = np.fft.irfft(f * np.conj(f), size, axis=1)[:, :n] / n
-    chain_var = acov[:, 0] * n / (n - 1)
-    w = chain_var.mean()
-    var_plus = w * (n - 1) / n + (x.mean(axis=1).var(ddof=1) if m > 1 else 0.0)
-    if not var_plus > 0:
-        return float(m * n)
-    rho = 1 - (w - acov.mean(axis=0)) / var_plus
-    rho[0] = 1.0
-    pairs = rho[: 2 * (n // 2)].reshape(-1, 2).sum(axis=1)
-    stop = np.flatnonzero(pairs <= 0)
-    pairs = pairs[: stop[0] if stop.size else pairs.size]
-    pairs = np.minimum.accumulate(pairs)
-    tau = -1 + 2 * pairs.sum()
-    return float(m * n / max(tau, 1.0 / np.log10(m * n)))
 
 
 # -------------------------------------------------------------------------------- report
@@ -978,26 +949,14 @@ def _fitter(problem: SBCProblem, layout: Model, settings: Settings, chains, samp
             )
 
         k_init, k_warm, k_draw = jax.random.split(jax.random.fold_in(key, 1), 3)
-        vg = jax.value_and_grad(logdensity)
 
-        def finite(u):
-            v, g = vg(u)
-            return jnp.isfinite(v) & jnp.all(jnp.isfinite(g))
+        def uniform(k, first=None):  # Stan's default start, drawn afresh on each retry
+            return jax.random.uniform(k, (dim,), minval=-2.0, maxval=2.0)
 
-        def start(k):
-            def body(carry):
-                i, _, _, k = carry
-                k, sub = jax.random.split(k)
-                u = jax.random.uniform(sub, (dim,), minval=-2.0, maxval=2.0)
-                return i + 1, u, finite(u), k
-
-            init = (0, jnp.zeros(dim), jnp.array(False), k)
-            _, u, ok, _ = jax.lax.while_loop(
-                lambda c: (~c[2]) & (c[0] < MAX_INIT_TRIES), body, init
-            )
-            return u, ok
-
-        positions, started = jax.vmap(start)(jax.random.split(k_init, chains))
+        start = start_fn(logdensity, uniform)
+        k_first, k_retry = jax.random.split(k_init)
+        first = jax.vmap(uniform)(jax.random.split(k_first, chains))
+        positions, started, _ = jax.vmap(start)(jax.random.split(k_retry, chains), first)
         warm = warmup_fn(logdensity, settings)
         state, step, imm, winfo = jax.vmap(warm)(jax.random.split(k_warm, chains), positions)
         run = draws_fn(logdensity, settings, samples)
@@ -1163,9 +1122,9 @@ def sbc(
     - *Thinning.* The chains' draws, pooled chain after chain, are thinned to ``L`` at
       the evenly spaced indices ``floor((j + 1/2) C S / L)``, a fixed thin: the number of
       kept draws must be static in a compiled program, so it cannot follow each
-      simulation's ESS. Instead the ESS of every parameter in every simulation (Geyer's
-      initial monotone sequence over the chains, NumPy) is reported, with a note when it
-      falls below ``L``.
+      simulation's ESS. Instead the ESS of every parameter in every simulation (ArviZ's
+      rank-normalised bulk ESS over the chains, the ESS of every other report) is
+      reported, with a note when it falls below ``L``.
     - *Ranks.* ``#(draws < truth)`` plus a uniform share of the ties. The log-likelihood
       quantity is ``sum(log_likelihood(params, data))``: the rank of its value at the
       true parameters among its values at the ``L`` draws (Modrák et al. 2023).
@@ -1294,10 +1253,10 @@ def sbc(
     rank_values = sbc_ranks(out["thinned"], out["truth"], seed=seed)
     for j, name in enumerate(names):
         ranks[name] = rank_values[:, j]
-    ess = {
-        name: np.array([_ess(out["chains"][i, :, :, j]) for i in range(num_simulations)])
-        for j, name in enumerate(names)
-    }
+    # ArviZ's bulk ESS of every parameter in every simulation, in one call: the
+    # simulations become an extra axis of (chain, draw, simulation, parameter) draws.
+    per_sim = _arviz.ess_draws(np.moveaxis(out["chains"], 0, 2), method="bulk")
+    ess = {name: per_sim[:, j] for j, name in enumerate(names)}
     if "ll_true" in out:
         ranks[LOG_LIKELIHOOD] = sbc_ranks(out["ll_draws"], out["ll_true"], seed=seed + 1)
     notes = []

@@ -15,9 +15,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["KERNELS", "Settings", "Transition", "warmup_fn", "draws_fn", "value_and_grad_fn"]
+__all__ = [
+    "KERNELS",
+    "MAX_INIT_TRIES",
+    "Settings",
+    "Transition",
+    "start_fn",
+    "warmup_fn",
+    "draws_fn",
+    "value_and_grad_fn",
+]
 
 KERNELS = ("nuts", "hmc", "mala")
+#: Starting points tried per chain before the chain is reported as not initialised.
+MAX_INIT_TRIES = 100
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,50 @@ def transition(kernel: str, info) -> Transition:
 def value_and_grad_fn(logdensity_fn):
     """One position -> (log-density, gradient): the initialisation check."""
     return jax.value_and_grad(logdensity_fn)
+
+
+def finite_fn(logdensity_fn):
+    """``finite(position) -> bool``: the log-density and its whole gradient are finite."""
+    value_and_grad = jax.value_and_grad(logdensity_fn)
+
+    def finite(position):
+        value, grad = value_and_grad(position)
+        ok = jnp.isfinite(value)
+        for leaf in jax.tree.leaves(grad):
+            ok &= jnp.all(jnp.isfinite(leaf))
+        return ok
+
+    return finite
+
+
+def start_fn(logdensity_fn, propose):
+    """``start(key, first) -> (position, ok, tries)``: one chain's start, with retries.
+
+    ``first`` is kept when the log-density and its gradient are finite there; otherwise
+    ``propose(key, first)`` gives candidates (a fresh draw, or ``first`` jittered) until
+    one is, at most :data:`MAX_INIT_TRIES` positions in all. ``ok`` says whether one was
+    found and ``tries`` counts the positions tried (1: ``first`` was kept). One
+    ``lax.while_loop``, so it runs inside ``jit`` and ``vmap`` (``sbc`` starts every chain
+    of every simulation this way; ``sample`` for the chains whose first start failed).
+    """
+    finite = finite_fn(logdensity_fn)
+
+    def start(key, first):
+        def body(carry):
+            tries, _, _, key = carry
+            key, sub = jax.random.split(key)
+            position = propose(sub, first)
+            return tries + 1, position, finite(position), key
+
+        def more(carry):
+            tries, _, ok, _ = carry
+            return ~ok & (tries < MAX_INIT_TRIES)
+
+        carry = (jnp.int32(1), first, finite(first), key)
+        tries, position, ok, _ = lax.while_loop(more, body, carry)
+        return position, ok, tries
+
+    return start
 
 
 def warmup_fn(logdensity_fn, settings: Settings):

@@ -26,13 +26,21 @@ from ..logdensity import Model
 from ._chains import CHAIN_METHODS, ChainMap
 from ._checkpoint import Checkpoint
 from ._identity import density_fingerprint, outputs_fingerprint
-from ._kernels import KERNELS, Record, Settings, draws_fn, value_and_grad_fn, warmup_fn
+from ._kernels import (
+    KERNELS,
+    MAX_INIT_TRIES,
+    Record,
+    Settings,
+    draws_fn,
+    start_fn,
+    value_and_grad_fn,
+    warmup_fn,
+)
 from ._progress import Progress, progress_enabled
 from ._warnings import SamplingWarning, diagnose, genuine_divergences
 
 __all__ = ["sample", "InitializationError"]
 
-MAX_INIT_TRIES = 100
 PROBE_SEED = 20261203  # fixed: a checkpoint's probe points must not depend on the seed
 TRANSITION_STATS = ("diverging", "energy", "acceptance_rate", "n_steps", "tree_depth")
 
@@ -207,11 +215,20 @@ class Target:
             return base
         return jax.tree.map(lambda x: jnp.broadcast_to(x, (self.num_chains, *x.shape)), base)
 
-    def redraw(self, key, positions):
-        """New candidates for chains whose start failed: a fresh draw, or jitter."""
-        if self._base is None:  # random inits (Model default or a callable): draw again
-            return self.draw(key)
-        leaves, treedef = jax.tree.flatten(positions)
+    @property
+    def given(self) -> bool:
+        """The start is a given position (jittered on failure), not a random draw."""
+        return self._base is not None
+
+    def propose(self, key, first):
+        """A new candidate for one chain whose start ``first`` failed.
+
+        A fresh draw for random inits (a Model's default or a callable), else ``first``
+        jittered by U(-1, 1) in every coordinate.
+        """
+        if not self.given:
+            return self.model.init(key) if self.model is not None else self.init(key)
+        leaves, treedef = jax.tree.flatten(first)
         keys = jax.random.split(key, len(leaves))
         return treedef.unflatten(
             [
@@ -304,57 +321,54 @@ def initial_positions(target: Target, key, warn: bool = True):
     ``(positions, log_densities)``, one row per chain, or raises
     :class:`InitializationError`.
 
-    A given init (not a random draw) that had to be jittered is reported with a
-    :class:`SamplingWarning` naming the chains and the reason, when ``warn``.
+    The first starts are checked in one batched call; chains whose start failed get new
+    candidates from :func:`~mcmc_customgrad.sampling._kernels.start_fn` (the retry
+    ``sbc`` uses too), keyed per chain. A given init (not a random draw) that had to be
+    jittered is reported with a :class:`SamplingWarning` naming the chains and the
+    reason, when ``warn``.
     """
     vg = _value_and_grad_batched(target.logdensity)
-    first = positions = target.draw(key)
-    first_values = first_ok = None
-    for tries in range(1, MAX_INIT_TRIES + 1):
-        lp, grad = vg(positions)
-        if first_values is None:
-            first_values = (lp, grad)
-        ok = np.isfinite(np.asarray(lp))
-        for g in jax.tree.leaves(grad):
-            ok &= np.all(np.isfinite(np.asarray(g)).reshape(ok.shape[0], -1), axis=1)
-        if first_ok is None:
-            first_ok = ok
-        if ok.all():
-            if warn and target._base is not None and not first_ok.all():
-                moved = [int(c) for c in np.flatnonzero(~first_ok)]
-                reason, one = _why_not_finite(target, first, first_values, moved[0])
-                note = _solver_note(target.logdensity, one, advice=False)
-                warnings.warn(
-                    f"sample: the given init is not a valid start for chain"
-                    f"{'s' * (len(moved) > 1)} {', '.join(map(str, moved))}: at chain "
-                    f"{moved[0]}'s start {reason}. "
-                    + (note + " " if note else "")
-                    + f"{'They start' if len(moved) > 1 else 'It starts'} from the init "
-                    f"jittered by U(-1, 1) instead ({tries - 1} "
-                    f"{'retry' if tries == 2 else 'retries'}). Give init a point where the "
-                    "log-density and its gradient are finite to start where you meant.",
-                    SamplingWarning,
-                    stacklevel=4,
-                )
-            return positions, lp
-        key, sub = jax.random.split(key)
-        candidates = target.redraw(sub, first)
-        keep = ok
-
-        def choose(old, new, keep=keep):
-            return jnp.where(keep.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
-
-        positions = jax.tree.map(choose, positions, candidates)
-    chain = int(np.flatnonzero(~ok)[0])
-    reason, one = _why_not_finite(target, first, first_values, chain)
-    hint = _solver_note(target.logdensity, one) or (
-        "Give init a point inside the support, and check the model for log(0) or an inner "
-        "solve that fails there (mcg.check_gradients helps)."
+    first = target.draw(key)
+    lp, grad = vg(first)
+    ok = np.isfinite(np.asarray(lp))
+    for g in jax.tree.leaves(grad):
+        ok &= np.all(np.isfinite(np.asarray(g)).reshape(ok.shape[0], -1), axis=1)
+    if ok.all():
+        return first, lp
+    moved = [int(c) for c in np.flatnonzero(~ok)]
+    reason, one = _why_not_finite(target, first, (lp, grad), moved[0])
+    start = jax.jit(jax.vmap(start_fn(target.logdensity, target.propose)))
+    positions, found, tries = start(
+        jax.random.split(jax.random.fold_in(key, 1), target.num_chains), first
     )
-    raise InitializationError(
-        f"sample: chain {chain}: no start with a finite log-density and gradient after "
-        f"{MAX_INIT_TRIES} tries. At the first start {reason}. {hint}"
-    )
+    found = np.asarray(found)
+    if not found.all():
+        chain = int(np.flatnonzero(~found)[0])
+        reason, one = _why_not_finite(target, first, (lp, grad), chain)
+        hint = _solver_note(target.logdensity, one) or (
+            "Give init a point inside the support, and check the model for log(0) or an "
+            "inner solve that fails there (mcg.check_gradients helps)."
+        )
+        raise InitializationError(
+            f"sample: chain {chain}: no start with a finite log-density and gradient after "
+            f"{MAX_INIT_TRIES} tries. At the first start {reason}. {hint}"
+        )
+    if warn and target.given:
+        retries = int(np.asarray(tries).max()) - 1
+        note = _solver_note(target.logdensity, one, advice=False)
+        warnings.warn(
+            f"sample: the given init is not a valid start for chain"
+            f"{'s' * (len(moved) > 1)} {', '.join(map(str, moved))}: at chain "
+            f"{moved[0]}'s start {reason}. "
+            + (note + " " if note else "")
+            + f"{'They start' if len(moved) > 1 else 'It starts'} from the init jittered "
+            f"by U(-1, 1) instead (up to {retries} {'retry' if retries == 1 else 'retries'} "
+            "per chain). Give init a point where the log-density and its gradient are "
+            "finite to start where you meant.",
+            SamplingWarning,
+            stacklevel=4,
+        )
+    return positions, vg(positions)[0]
 
 
 # ----------------------------------------------------------------------- per-draw pass
@@ -669,180 +683,56 @@ def sample(
     progress = Progress(num_samples, num_chains, progress_enabled(progress_bar))
     timings = {}
 
-    # ---- initial points (the first call compiles the log-density and its gradient)
+    # Stage 1: starting points (the first call compiles the log-density and its gradient).
     start = time.perf_counter()
     k_init, k_warm, k_draw = jax.random.split(key, 3)
     with progress.phase(f"compiling the log-density, checking {num_chains} starting points"):
         positions, init_lp = initial_positions(target, k_init, warn=warn)
     timings["init_seconds"] = time.perf_counter() - start
-
     store = None
     if checkpoint is not None:
         with progress.phase("fingerprinting the log-density for the checkpoint"):
-            # Probe points around a start that depends on init but not on the seed.
-            anchor = jax.tree.map(lambda x: x[0], target.draw(jax.random.key(PROBE_SEED)))
-            density = density_fingerprint(
-                target.logdensity, anchor, _value_and_grad_batched(target.logdensity)
-            )
-            density["lp_at_starts"] = [float(v) for v in np.asarray(init_lp)]
-            outputs = outputs_fingerprint(draw_shapes, _draw_pass(one_draw), anchor)
             meta = {
                 "seed": seed_attr,
                 "num_chains": num_chains,
                 "chain_method": chain_method,
                 "settings": settings.__dict__,
-                "layout": _describe(target.template),
-                "init_sha256": _sha256(positions),
-                "density": density,
-                "outputs": outputs,
+                **_fingerprint(target, positions, init_lp, draw_shapes, _draw_pass(one_draw)),
             }
         store = Checkpoint(checkpoint, meta)
 
-    # ---- warmup
-    warm_keys = jax.random.split(k_warm, num_chains)
-    saved = store.load_warmup() if store is not None else None
-    state_def = jax.tree.structure(
-        jax.eval_shape(lambda p: blackjax.nuts.init(p, target.logdensity), target.template)
-    )
-    if saved is None:
-        with progress.phase("compiling the warmup"):
-            run_warmup, seconds = chains.compile(
-                "warmup",
-                (target.logdensity, settings),
-                warmup_fn(target.logdensity, settings),
-                (True, True),
-                (warm_keys, positions),
-            )
-        start = time.perf_counter()
-        with progress.phase(f"warmup: {num_warmup} steps x {num_chains} chains"):
-            state, step_size, imm, warm_info = jax.block_until_ready(
-                run_warmup(warm_keys, positions)
-            )
-        timings["warmup_compile_seconds"] = seconds
-        timings["warmup_seconds"] = time.perf_counter() - start
-        warm = {
-            "step_size": np.asarray(step_size),
-            "inverse_mass_matrix": np.asarray(imm),
-            "n_steps": np.asarray(warm_info.n_steps),
-            "diverging": np.asarray(warm_info.diverging),
-            "nonfinite": np.asarray(warm_info.nonfinite),
-            **{f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))},
-        }
-        if store is not None:
-            store.save_warmup(warm)
-    else:
-        progress.message(f"warmup: read from the checkpoint in {checkpoint}")
-        warm = saved
-        timings["warmup_compile_seconds"] = timings["warmup_seconds"] = 0.0
-    state = state_def.unflatten(
-        [jnp.asarray(warm[f"state_{i}"]) for i in range(state_def.num_leaves)]
-    )
-    step_size = jnp.asarray(warm["step_size"])
-    imm = jnp.asarray(warm["inverse_mass_matrix"])
+    # Stage 2: warmup (or its saved result).
+    run = _Run(target, settings, chains, progress, timings, store)
+    warm, state = run.warmup(jax.random.split(k_warm, num_chains), positions)
 
-    # ---- draws, chunk by chunk
+    # Stage 3: draws, chunk by chunk.
     if store is not None:
         chunk_len = min(int(checkpoint_every), num_samples)
     elif progress.enabled:
         chunk_len = max(1, -(-num_samples // 20))
     else:
         chunk_len = num_samples
-    draw_keys = jax.random.split(k_draw, num_chains)
-    tables = [] if store is None else store.load_chunks()
-    done = int(tables[-1]["stop"]) if tables else 0
-    resumed_draws = done
-    if tables:
-        last = tables[-1]
-        state = state_def.unflatten(
-            [jnp.asarray(last[f"state_{i}"]) for i in range(state_def.num_leaves)]
-        )
-    draw_pass = _draw_pass(one_draw)
-    k_generated = jax.random.fold_in(key, 7)  # apart from the sampler's keys
+    tables, resumed_draws = run.draws(
+        state,
+        warm,
+        jax.random.split(k_draw, num_chains),
+        _draw_pass(one_draw),
+        jax.random.fold_in(key, 7),  # the generated quantities' keys, apart from the sampler's
+        num_samples,
+        chunk_len,
+    )
 
-    def chunk_args(state, done):
-        count = min(chunk_len, num_samples - done)
-        return count, (state, step_size, imm, draw_keys, jnp.int32(done), jnp.int32(count))
-
-    timings["compile_seconds"] = 0.0
-    timings["sampling_seconds"] = 0.0
-    timings["draw_stats_seconds"] = 0.0
-    if done < num_samples:
-        with progress.phase("compiling the draws"):
-            run_chunk, seconds = chains.compile(
-                "draws",
-                (target.logdensity, settings, chunk_len),
-                draws_fn(target.logdensity, settings, chunk_len),
-                (True, True, True, True, False, False),
-                chunk_args(state, done)[1],
-            )
-        timings["compile_seconds"] += seconds
-        if progress.enabled:
-            # Compile the per-draw pass now, not in the middle of the draws (it runs once
-            # more, on copies of the current positions: one chunk's worth).
-            count = chunk_args(state, done)[0]
-            start = time.perf_counter()
-            with progress.phase("compiling the per-draw statistics"):
-                copies = jax.tree.map(
-                    lambda x: np.repeat(np.asarray(x), count, axis=0), state.position
-                )
-                keys = _generated_keys(k_generated, num_chains, done, count)
-                jax.block_until_ready(draw_pass(copies, keys))
-            timings["draw_stats_seconds"] += time.perf_counter() - start
-    progress.start(done)
-    try:
-        progress.update(min(done, num_samples), *_tally(tables), timings["sampling_seconds"])
-        while done < num_samples:
-            count, args = chunk_args(state, done)
-            start = time.perf_counter()
-            state, records = jax.block_until_ready(run_chunk(*args))
-            timings["sampling_seconds"] += time.perf_counter() - start
-            start = time.perf_counter()
-            table = _table(
-                records,
-                count,
-                draw_pass,
-                num_chains,
-                _generated_keys(k_generated, num_chains, done, count),
-            )
-            timings["draw_stats_seconds"] += time.perf_counter() - start
-            table["start"], table["stop"] = np.int64(done), np.int64(done + count)
-            table.update(
-                {f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
-            )
-            if store is not None:
-                store.save_chunk(len(tables), table)
-            tables.append(table)
-            done += count
-            progress.update(done, *_tally(tables), timings["sampling_seconds"])
-    finally:
-        progress.close()  # ends the bar, also when a chunk raises
-
+    # Stage 4: output.
     idata = _assemble(
         tables, num_samples, np.asarray(warm["step_size"]), settings, target, solver_stats
     )
-    n_grad_warm = int(np.asarray(warm["n_steps"]).sum())
     attrs = {
-        "inference_library": "blackjax",
-        "inference_library_version": blackjax.__version__,
-        "mcmc_customgrad_version": __version__,
-        "jax_version": jax.__version__,
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
+        **_attrs(settings, idata, warm),
         "seed": str(seed_attr),
         "num_chains": num_chains,
-        "num_warmup": settings.num_warmup,
         "num_samples": num_samples,
-        "kernel": kernel,
-        "target_accept": settings.target_accept,
-        "max_treedepth": settings.max_treedepth,
-        "num_integration_steps": settings.num_integration_steps if kernel == "hmc" else 0,
-        "dense_mass": int(settings.dense_mass),
         "chain_method": chain_method,
         "num_devices": chains.num_devices,
-        "num_grad_evals_warmup": n_grad_warm,
-        "num_grad_evals": int(idata.sample_stats["n_steps"].values.sum()),
-        "num_warmup_divergences": int(np.asarray(warm["diverging"]).sum()),
-        "num_warmup_solver_failures": int(np.asarray(warm["nonfinite"]).sum()),
         "resumed_draws": resumed_draws,
         **{k: float(v) for k, v in timings.items()},
     }
@@ -852,6 +742,177 @@ def sample(
         for problem in diagnose(idata):
             warnings.warn(problem.message, SamplingWarning, stacklevel=3)
     return idata
+
+
+def _fingerprint(target: Target, positions, init_lp, draw_shapes, draw_pass) -> dict:
+    """What identifies a run's density, starts and outputs, for its checkpoint."""
+    # Probe points around a start that depends on init but not on the seed.
+    anchor = jax.tree.map(lambda x: x[0], target.draw(jax.random.key(PROBE_SEED)))
+    density = density_fingerprint(
+        target.logdensity, anchor, _value_and_grad_batched(target.logdensity)
+    )
+    density["lp_at_starts"] = [float(v) for v in np.asarray(init_lp)]
+    return {
+        "layout": _describe(target.template),
+        "init_sha256": _sha256(positions),
+        "density": density,
+        "outputs": outputs_fingerprint(draw_shapes, draw_pass, anchor),
+    }
+
+
+class _Run:
+    """The warmup and draw stages of one :func:`sample` call, mapped over chains.
+
+    Each stage compiles the one-chain function of :mod:`._kernels` through the
+    :class:`ChainMap`, reports its phases to the progress display, adds to ``timings``
+    and, with a checkpoint, saves what it produced and resumes from what was saved.
+    """
+
+    def __init__(self, target, settings, chains, progress, timings, store):
+        self.target, self.settings, self.chains = target, settings, chains
+        self.progress, self.timings, self.store = progress, timings, store
+        self.state_def = jax.tree.structure(
+            jax.eval_shape(lambda p: settings.init_state(target.logdensity, p), target.template)
+        )
+
+    def _state(self, arrays):
+        n = self.state_def.num_leaves
+        return self.state_def.unflatten([jnp.asarray(arrays[f"state_{i}"]) for i in range(n)])
+
+    def warmup(self, keys, positions):
+        """``(warm, state)``: the adapted parameters and warmup record, and the last state."""
+        target, settings, progress, timings = (
+            self.target,
+            self.settings,
+            self.progress,
+            self.timings,
+        )
+        saved = self.store.load_warmup() if self.store is not None else None
+        if saved is not None:
+            progress.message(f"warmup: read from the checkpoint in {self.store.path}")
+            timings["warmup_compile_seconds"] = timings["warmup_seconds"] = 0.0
+            return saved, self._state(saved)
+        with progress.phase("compiling the warmup"):
+            run_warmup, seconds = self.chains.compile(
+                "warmup",
+                (target.logdensity, settings),
+                warmup_fn(target.logdensity, settings),
+                (True, True),
+                (keys, positions),
+            )
+        start = time.perf_counter()
+        num_chains = self.chains.num_chains
+        with progress.phase(f"warmup: {settings.num_warmup} steps x {num_chains} chains"):
+            state, step_size, imm, info = jax.block_until_ready(run_warmup(keys, positions))
+        timings["warmup_compile_seconds"] = seconds
+        timings["warmup_seconds"] = time.perf_counter() - start
+        warm = {
+            "step_size": np.asarray(step_size),
+            "inverse_mass_matrix": np.asarray(imm),
+            "n_steps": np.asarray(info.n_steps),
+            "diverging": np.asarray(info.diverging),
+            "nonfinite": np.asarray(info.nonfinite),
+            **{f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))},
+        }
+        if self.store is not None:
+            self.store.save_warmup(warm)
+        return warm, self._state(warm)
+
+    def draws(self, state, warm, keys, draw_pass, k_generated, num_samples, chunk_len):
+        """``(tables, resumed_draws)``: one table per chunk, written as they complete."""
+        target, settings, progress, timings = (
+            self.target,
+            self.settings,
+            self.progress,
+            self.timings,
+        )
+        num_chains = self.chains.num_chains
+        step_size = jnp.asarray(warm["step_size"])
+        imm = jnp.asarray(warm["inverse_mass_matrix"])
+        tables = [] if self.store is None else self.store.load_chunks()
+        done = int(tables[-1]["stop"]) if tables else 0
+        resumed_draws = done
+        if tables:
+            state = self._state(tables[-1])
+
+        def chunk_args(state, done):
+            count = min(chunk_len, num_samples - done)
+            return count, (state, step_size, imm, keys, jnp.int32(done), jnp.int32(count))
+
+        timings["compile_seconds"] = 0.0
+        timings["sampling_seconds"] = 0.0
+        timings["draw_stats_seconds"] = 0.0
+        if done < num_samples:
+            with progress.phase("compiling the draws"):
+                run_chunk, seconds = self.chains.compile(
+                    "draws",
+                    (target.logdensity, settings, chunk_len),
+                    draws_fn(target.logdensity, settings, chunk_len),
+                    (True, True, True, True, False, False),
+                    chunk_args(state, done)[1],
+                )
+            timings["compile_seconds"] += seconds
+            if progress.enabled:
+                # Compile the per-draw pass now, not in the middle of the draws (it runs
+                # once more, on copies of the current positions: one chunk's worth).
+                count = chunk_args(state, done)[0]
+                start = time.perf_counter()
+                with progress.phase("compiling the per-draw statistics"):
+                    copies = jax.tree.map(
+                        lambda x: np.repeat(np.asarray(x), count, axis=0), state.position
+                    )
+                    jax.block_until_ready(
+                        draw_pass(copies, _generated_keys(k_generated, num_chains, done, count))
+                    )
+                timings["draw_stats_seconds"] += time.perf_counter() - start
+        progress.start(done)
+        try:
+            progress.update(min(done, num_samples), *_tally(tables), timings["sampling_seconds"])
+            while done < num_samples:
+                count, args = chunk_args(state, done)
+                start = time.perf_counter()
+                state, records = jax.block_until_ready(run_chunk(*args))
+                timings["sampling_seconds"] += time.perf_counter() - start
+                start = time.perf_counter()
+                gen_keys = _generated_keys(k_generated, num_chains, done, count)
+                table = _table(records, count, draw_pass, num_chains, gen_keys)
+                timings["draw_stats_seconds"] += time.perf_counter() - start
+                table["start"], table["stop"] = np.int64(done), np.int64(done + count)
+                table.update(
+                    {f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+                )
+                if self.store is not None:
+                    self.store.save_chunk(len(tables), table)
+                tables.append(table)
+                done += count
+                progress.update(done, *_tally(tables), timings["sampling_seconds"])
+        finally:
+            progress.close()  # ends the bar, also when a chunk raises
+        return tables, resumed_draws
+
+
+def _attrs(settings: Settings, idata, warm) -> dict:
+    """The run's settings, library versions and gradient counts, for ``attrs``."""
+    return {
+        "inference_library": "blackjax",
+        "inference_library_version": blackjax.__version__,
+        "mcmc_customgrad_version": __version__,
+        "jax_version": jax.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "num_warmup": settings.num_warmup,
+        "kernel": settings.kernel,
+        "target_accept": settings.target_accept,
+        "max_treedepth": settings.max_treedepth,
+        "num_integration_steps": (
+            settings.num_integration_steps if settings.kernel == "hmc" else 0
+        ),
+        "dense_mass": int(settings.dense_mass),
+        "num_grad_evals_warmup": int(np.asarray(warm["n_steps"]).sum()),
+        "num_grad_evals": int(idata.sample_stats["n_steps"].values.sum()),
+        "num_warmup_divergences": int(np.asarray(warm["diverging"]).sum()),
+        "num_warmup_solver_failures": int(np.asarray(warm["nonfinite"]).sum()),
+    }
 
 
 def _tally(tables):
