@@ -929,12 +929,61 @@ def quadrature_reference(
         lower, upper = user_lower.copy(), user_upper.copy()
         mode_evaluations = gradient_evaluations = 0
 
+    grid, attempt = _fit_grid(
+        evaluate, coords, n, lower, upper, auto, edge_tol, nan_tol, max_attempts
+    )
+    grid_evaluations = attempt * int(np.prod(n))
+    rng = np.random.default_rng([seed, 2])
+    before = evaluate.count
+    draws, lps, proposals, accepted, nan_hits, escalation = _draw(
+        grid, evaluate, num_chains * num_draws, rng, coords, nan_tol
+    )
+
+    flat = jnp.asarray(draws)
+    constrained = jax.vmap(model.to_constrained)(flat)
+    posterior = {
+        name: np.asarray(constrained[name], dtype=float).reshape(
+            num_chains, num_draws, *model.constraints[name].shape
+        )
+        for name in model.names
+    }
+    attrs = _attrs(
+        grid,
+        coords,
+        n,
+        auto,
+        edge_tol=edge_tol,
+        attempts=attempt,
+        grid_evaluations=grid_evaluations,
+        proposals=evaluate.count - before,  # restarts included
+        evaluations=evaluate.count + gradient_evaluations,
+        mode_evaluations=mode_evaluations,
+        acceptance=accepted / proposals,
+        nan_hits=nan_hits,
+        escalations=escalation,
+        seed=seed,
+        seconds=time.perf_counter() - started,
+    )
+    sample_stats = {"lp": lps.reshape(num_chains, num_draws)}
+    run = _arviz.to_inference_data(posterior, sample_stats)
+    for group in _arviz.groups(run):  # as mcg.sample: on every group, either ArviZ
+        run[group].attrs.update(attrs)
+    return run
+
+
+def _fit_grid(evaluate, coords, n, lower, upper, auto, edge_tol, nan_tol, max_attempts):
+    """``(grid, attempts)``: a grid whose box holds the posterior.
+
+    Automatic bounds are widened where mass reaches the edge, then trimmed once where
+    whole layers of cells are empty; a user's bound with mass at its edge is an error.
+    """
+    dim = len(n)
     trimmed = False
     attempt = 0
     while True:
         attempt += 1
-        axes = [np.linspace(lower[k], upper[k], n[k]) for k in range(model.dim)]
-        mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, model.dim)
+        axes = [np.linspace(lower[k], upper[k], n[k]) for k in range(dim)]
+        mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, dim)
         grid = _Grid(evaluate(mesh).reshape(tuple(n)), lower, upper, coords)
         grid.check_nan(coords, nan_tol)
         edges = grid.edges()
@@ -958,7 +1007,7 @@ def quadrature_reference(
         if not trimmed and attempt < max_attempts and auto.any():
             trimmed = True
             new_lower, new_upper = lower.copy(), upper.copy()
-            for k in range(model.dim):
+            for k in range(dim):
                 low, high = grid.empty_layers(k, _TRIM_TOL * edge_tol)
                 cells = n[k] - 1
                 if auto[k, 0] and low >= _TRIM_FRACTION * cells:
@@ -969,18 +1018,19 @@ def quadrature_reference(
                 lower, upper = new_lower, new_upper
                 continue
         break
-    grid_evaluations = attempt * int(np.prod(n))
+    return grid, attempt
 
-    rng = np.random.default_rng([seed, 2])
-    need = num_chains * num_draws
-    safety, window = _SAFETY, 0
-    before = evaluate.count
-    for escalation in range(_MAX_ESCALATIONS + 1):
+
+def _draw(grid, evaluate, need, rng, coords, nan_tol):
+    """Rejection draws under the grid's envelope, widened when the density rises above it.
+
+    Returns ``(draws, lps, proposals, accepted, nan_hits, escalations)``.
+    """
+    safety, window, escalation = _SAFETY, 0, 0
+    while True:
         try:
-            draws, lps, proposals, accepted, nan_hits = _rejection(
-                grid, evaluate, need, rng, safety, window, coords, nan_tol
-            )
-            break
+            out = _rejection(grid, evaluate, need, rng, safety, window, coords, nan_tol)
+            return (*out, escalation)
         except _Violation:
             if escalation == _MAX_ESCALATIONS:
                 raise ValueError(
@@ -990,30 +1040,25 @@ def quadrature_reference(
                     f"{grid.h.tolist()} unconstrained units). Increase num_points or give "
                     "narrower bounds."
                 ) from None
-            safety, window = safety * _ESCALATE, window + 1
+            safety, window, escalation = safety * _ESCALATE, window + 1, escalation + 1
 
-    flat = jnp.asarray(draws)
-    constrained = jax.vmap(model.to_constrained)(flat)
-    posterior = {
-        name: np.asarray(constrained[name], dtype=float).reshape(
-            num_chains, num_draws, *model.constraints[name].shape
-        )
-        for name in model.names
-    }
+
+def _attrs(grid, coords, n, auto, **run) -> dict:
+    """The reference's ``attrs``: the grid, its bounds and where they came from, counts."""
+    dim = len(n)
     mean, sd, log_normaliser = grid.quadrature_moments(coords)
     edge_masses = grid.edges()
-    total_proposals = evaluate.count - before  # restarts included
-    attrs = {
+    return {
         "reference_method": "quadrature",
         "quadrature_coordinates": ", ".join(coords.labels),
         "quadrature_num_points": [int(v) for v in n],
         "quadrature_lower": [float(v) for v in grid.lower],
         "quadrature_upper": [float(v) for v in grid.upper],
         "quadrature_lower_constrained": [
-            float(coords.constrained(k, grid.lower[k])) for k in range(model.dim)
+            float(coords.constrained(k, grid.lower[k])) for k in range(dim)
         ],
         "quadrature_upper_constrained": [
-            float(coords.constrained(k, grid.upper[k])) for k in range(model.dim)
+            float(coords.constrained(k, grid.upper[k])) for k in range(dim)
         ],
         "quadrature_bounds_source": ", ".join(
             f"{lab} {side} {'auto' if auto[k, j] else 'user'}"
@@ -1022,27 +1067,22 @@ def quadrature_reference(
         ),
         "quadrature_edge_mass": float(edge_masses.max()),
         "quadrature_edge_masses": [float(v) for v in edge_masses.reshape(-1)],
-        "quadrature_edge_tol": edge_tol,
-        "quadrature_attempts": int(attempt),
-        "quadrature_grid_evaluations": int(grid_evaluations),
-        "quadrature_proposals": int(total_proposals),
-        "quadrature_num_evaluations": int(evaluate.count + gradient_evaluations),
-        "quadrature_mode_search_evaluations": int(mode_evaluations),
-        "quadrature_acceptance": float(accepted / proposals),
-        "quadrature_nan_count": int(grid.nan_count + nan_hits),
+        "quadrature_edge_tol": run["edge_tol"],
+        "quadrature_attempts": int(run["attempts"]),
+        "quadrature_grid_evaluations": int(run["grid_evaluations"]),
+        "quadrature_proposals": int(run["proposals"]),
+        "quadrature_num_evaluations": int(run["evaluations"]),
+        "quadrature_mode_search_evaluations": int(run["mode_evaluations"]),
+        "quadrature_acceptance": float(run["acceptance"]),
+        "quadrature_nan_count": int(grid.nan_count + run["nan_hits"]),
         "quadrature_nan_mass": float(grid.nan_mass),
-        "quadrature_envelope_escalations": int(escalation),
+        "quadrature_envelope_escalations": int(run["escalations"]),
         "quadrature_mean": mean,
         "quadrature_sd": sd,
         "quadrature_log_normaliser": float(log_normaliser),
-        "quadrature_seed": int(seed),
-        "quadrature_seconds": float(time.perf_counter() - started),
+        "quadrature_seed": int(run["seed"]),
+        "quadrature_seconds": float(run["seconds"]),
     }
-    sample_stats = {"lp": lps.reshape(num_chains, num_draws)}
-    run = _arviz.to_inference_data(posterior, sample_stats)
-    for group in _arviz.groups(run):  # as mcg.sample: on every group, either ArviZ
-        run[group].attrs.update(attrs)
-    return run
 
 
 def _edge_message(coords, grid, edges, k, side, edge_tol):
