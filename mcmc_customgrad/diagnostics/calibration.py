@@ -39,7 +39,7 @@ from ..logdensity.constraints import Constraint
 from ..logdensity.model import Model
 from ..sampling._kernels import KERNELS, Settings, draws_fn, start_fn, warmup_fn
 from ..sampling._warnings import genuine_divergences
-from ._report import verdict
+from ._report import Check, failures_of, verdict_of
 
 __all__ = [
     "SBCProblem",
@@ -487,6 +487,12 @@ class SBCReport:
         Information that is not a failure (too few simulations for a test, low ESS).
     compile_seconds, run_seconds : float
         Time spent compiling (all batches share one program) and running.
+    num_tests : int
+        Uniformity tests run (the chi-square and the ECDF test per quantity).
+    checks : list of Check
+        Every judged check, the uniformity tests and the sampler's (divergences, chains
+        without a start): :class:`~mcmc_customgrad.diagnostics._report.Check` records,
+        whose failed ``message`` s are ``failures``.
 
     Examples
     --------
@@ -518,6 +524,7 @@ class SBCReport:
     compile_seconds: float = 0.0
     run_seconds: float = 0.0
     num_tests: int = 0
+    checks: list = dataclasses.field(default_factory=list)
     _ecdf: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -595,7 +602,7 @@ class SBCReport:
         t = ecdf["thresholds"]
         lower, upper = ecdf["bands"][alpha_test]
         ess = fields.pop("ess", {})
-        failures, rows = [], []
+        rows = []
         notes = list(fields.pop("notes", []))
         if not chi_ok:
             notes.append(
@@ -604,18 +611,24 @@ class SBCReport:
             )
         if t.size == 0:
             notes.append("one simulation gives no ECDF test; run more simulations.")
+        checks = []
         for name, r in ranks.items():
             row = {"quantity": name}
             chi = rank_chi_square(r, num_draws, bins=bins) if chi_ok else None
-            ok = True
+            judged = []
             if chi is not None:
                 row.update(chi2=chi["statistic"], bins=chi["bins"], chi2_p=chi["pvalue"])
-                if chi["pvalue"] < alpha_test:
-                    ok = False
-                    failures.append(
+                judged.append(
+                    Check(
+                        "chi-square",
+                        chi["pvalue"],
+                        f"p >= {alpha_test:.3g}",
+                        chi["pvalue"] >= alpha_test,
                         f"{name}: chi-square = {chi['statistic']:.3g} over {chi['bins']} bins, "
-                        f"p = {chi['pvalue']:.3g} < {alpha_test:.3g} (ranks not uniform)"
+                        f"p = {chi['pvalue']:.3g} < {alpha_test:.3g} (ranks not uniform)",
+                        parameter=name,
                     )
+                )
             else:
                 row.update(chi2=math.nan, bins=0, chi2_p=math.nan)
             counts = _ecdf_counts(r, t)
@@ -623,14 +636,21 @@ class SBCReport:
             row.update(
                 ecdf_p=_ecdf_pvalue(counts, ecdf["table"], ecdf["null"]), ecdf_outside=outside
             )
-            if outside:
-                ok = False
-                level = 100 * (1 - alpha_test)
-                failures.append(
+            level = 100 * (1 - alpha_test)
+            judged.append(
+                Check(
+                    "rank ECDF inside its band",
+                    outside,
+                    "0 points outside",
+                    outside == 0,
                     f"{name}: the rank ECDF leaves the simultaneous {level:.3g}% band at "
                     f"{outside} of {t.size} points (ECDF p = {row['ecdf_p']:.3g}, threshold "
-                    f"{alpha_test:.3g})"
+                    f"{alpha_test:.3g})",
+                    parameter=name,
                 )
+            )
+            checks += judged
+            ok = all(c.passed for c in judged)
             e = np.asarray(ess.get(name, []), float)
             row.update(
                 ess_min=float(e.min()) if e.size else math.nan,
@@ -647,26 +667,14 @@ class SBCReport:
                 "thinned draws are autocorrelated, which bends the ranks towards the ends; "
                 "raise num_samples."
             )
-        for key, what, advice in (
-            (
-                "divergences",
-                "post-warmup divergent transitions",
-                "raise target_accept or reparameterise; allow_divergences=True "
-                "reports them without failing",
-            ),
-            ("init_failures", "chains without a finite start", "check the prior's support"),
-        ):
-            arr = np.asarray(fields.get(key, np.zeros(0, int)))
-            total = int(arr.sum())
-            if total and not (key == "divergences" and allow_divergences):
-                failures.append(
-                    f"{key}: {total} {what} in {int(np.sum(arr > 0))} of {n} simulations "
-                    f"(threshold 0); {advice}"
-                )
+        if np.asarray(fields.get("divergences", ())).size:
+            checks += _sampler_checks(fields, n, allow_divergences)
+        failures = failures_of(checks)
         return cls(
             passed=not failures,
             failures=failures,
             rows=rows,
+            checks=checks,
             ranks=ranks,
             num_simulations=n,
             num_draws=num_draws,
@@ -713,8 +721,7 @@ class SBCReport:
             f"{self.num_simulations} simulations, L = {self.num_draws} draws, "
             f"Bonferroni alpha = {self.alpha_test:.3g})"
         )
-        checks = self.num_tests + 2 * (self.divergences.size > 0)
-        return verdict(checks, len(self.failures), what)
+        return verdict_of(self.checks, what)
 
     def __str__(self):
         parts = [self._verdict(), "", self.table]
@@ -848,6 +855,33 @@ class SBCReport:
 
 
 # ---------------------------------------------------------------------------- simulation
+
+
+def _sampler_checks(fields, n, allow_divergences) -> list[Check]:
+    """Post-warmup divergences (failed unless allowed) and chains without a start."""
+    checks = []
+    for key, what, advice in (
+        (
+            "divergences",
+            "post-warmup divergent transitions",
+            "raise target_accept or reparameterise; allow_divergences=True "
+            "reports them without failing",
+        ),
+        ("init_failures", "chains without a finite start", "check the prior's support"),
+    ):
+        arr = np.asarray(fields.get(key, np.zeros(0, int)))
+        total = int(arr.sum())
+        checks.append(
+            Check(
+                key,
+                total,
+                "0",
+                total == 0 or (key == "divergences" and allow_divergences),
+                f"{key}: {total} {what} in {int(np.sum(arr > 0))} of {n} simulations "
+                f"(threshold 0); {advice}",
+            )
+        )
+    return checks
 
 
 def _shapes(tree):

@@ -25,7 +25,7 @@ from .._errors import surface_solver_errors
 from ..logdensity import Model
 from ..sampling._kernels import Settings, draws_fn, warmup_fn
 from ..sampling.sample import Target, initial_positions
-from ._report import Check, failures_of, markdown_table, verdict
+from ._report import Check, failures_of, markdown_table, verdict_of
 
 __all__ = ["CoupledReport", "coupled_chains"]
 
@@ -92,6 +92,9 @@ class CoupledReport:
         Transitions over which positions are compared.
     min_step_agreement, position_tol : float
         The thresholds used.
+    checks : list of Check
+        ``rows`` as :class:`~mcmc_customgrad.diagnostics._report.Check` records (with
+        their failure sentences), which the verdict line counts.
 
     Examples
     --------
@@ -140,6 +143,7 @@ class CoupledReport:
     num_compare: int = 20
     min_step_agreement: float = 0.95
     position_tol: float = 1e-6
+    checks: list = field(default_factory=list)
 
     @property
     def num_checks(self) -> int:
@@ -162,12 +166,11 @@ class CoupledReport:
         return markdown_table(["check", "parameter", "value", "threshold", "result"], rows, 3)
 
     def _verdict(self) -> str:
-        m = self.num_checks
         what = (
             f"coupled chains ({self.kernel}, {len(self.num_integration_steps)} transitions, "
             f"step size {self.step_size:.4g})"
         )
-        return verdict(m, len(self.failures), what)
+        return verdict_of(self.checks, what)
 
     def __str__(self) -> str:
         parts = [self._verdict(), "", self.table]
@@ -560,6 +563,7 @@ def coupled_chains(
         passed=not failures,
         failures=failures,
         rows=[_row(c) for c in checks],
+        checks=checks,
         positions=x,
         reference_positions=x_ref,
         num_integration_steps=n,

@@ -81,7 +81,7 @@ from .._errors import surface_solver_errors
 from .._order import after
 from .._precision import float32_hint, warn_if_float32
 from ..logdensity import Model
-from ._report import markdown_table, verdict
+from ._report import Check, markdown_table, verdict_of
 
 __all__ = ["GradientReport", "check_gradients"]
 
@@ -133,6 +133,10 @@ class GradientReport:
         the other reports use for the statistic), ``parameter`` (worst entry), ``point``
         (index of the worst point), ``threshold`` (tolerance on the relative error) and
         ``passed``.
+    checks : list of Check
+        The same checks as :class:`~mcmc_customgrad.diagnostics._report.Check` records
+        (the worst relative error against its tolerance; ``message`` joins the check's
+        failure sentences), which the verdict line counts.
     parameter_rows : list of dict
         One per flat coordinate: ``parameter`` and, per check, the largest relative error
         in that coordinate (for Hessian checks: in its row).
@@ -182,6 +186,7 @@ class GradientReport:
     hessians: np.ndarray | None = field(default=None, repr=False)
     reference_hessians: np.ndarray | None = field(default=None, repr=False)
     fd_hessians: np.ndarray | None = field(default=None, repr=False)
+    checks: list = field(default_factory=list)
 
     @property
     def num_checks(self) -> int:
@@ -230,12 +235,11 @@ class GradientReport:
         return markdown_table(["parameter", *checks], rows, digits=3, none="-")
 
     def _verdict(self) -> str:
-        m = self.num_checks
         what = (
             f"gradient checks (order {self.order}, {len(self.points)} points, "
             f"{len(self.labels)} parameters, {self.source})"
         )
-        return verdict(m, sum(not r["passed"] for r in self.rows), what)
+        return verdict_of(self.checks, what)
 
     def __str__(self) -> str:
         parts = [self._verdict(), "", self.table]
@@ -955,10 +959,21 @@ def check_gradients(
     r.add(eager0_g[None], eager_g[:1], _norm_scale(eager_g[:1]), nan_equal=True)
     results.append(r)
 
-    rows, failures, parameter_rows = [], [], [{"parameter": lab} for lab in labels]
+    rows, checks, failures = [], [], []
+    parameter_rows = [{"parameter": lab} for lab in labels]
     for res in results:
         row, fails = res.summarise()
         rows.append(row)
+        checks.append(
+            Check(
+                row["check"],
+                row["value"],
+                f"<= {row['threshold']:g}",
+                row["passed"],
+                " ".join(fails),
+                parameter=row["parameter"],
+            )
+        )
         failures += fails
         for i, pr in enumerate(parameter_rows):
             per = float(res.per_param[i])
@@ -971,6 +986,7 @@ def check_gradients(
         passed=not failures,
         failures=failures,
         rows=rows,
+        checks=checks,
         parameter_rows=parameter_rows,
         max_abs_error={row["check"]: row["max_abs_error"] for row in rows},
         max_rel_error={row["check"]: row["max_rel_error"] for row in rows},
