@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_int", "element_label", "element_labels", "flat_labels", "typeof"]
+__all__ = [
+    "check_int",
+    "check_scalar_density",
+    "element_label",
+    "element_labels",
+    "flat_labels",
+    "typeof",
+]
 
 #: The abstract value (shape and dtype) of an array: ``jax.typeof`` where this JAX has it
 #: (it replaced ``jax.core.get_aval``, removed in JAX 0.10), else ``jax.core.get_aval``.
@@ -46,6 +54,54 @@ def check_int(owner: str, name: str, value, minimum: int = 1, maximum=None, hint
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{owner}: {name} must be an integer {bound}, got {value!r}.{hint}")
     return int(value)
+
+
+def check_scalar_density(owner: str, which: str, fn, template, where: str, hint: str = ""):
+    """Trace ``fn`` on ``template`` (no compilation) and insist on a real scalar.
+
+    Parameters
+    ----------
+    owner : str
+        The function checking, first in the message (``"sample"``).
+    which : str
+        What ``fn`` is called in that function (``"reference_logdensity"``).
+    fn : callable
+        The log-density.
+    template : pytree of jax.ShapeDtypeStruct
+        The position's shapes.
+    where : str
+        Where it is evaluated, for the message (``"at the start position"``).
+    hint : str
+        Appended when ``fn`` cannot be traced there: what to check.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from mcmc_customgrad._args import check_scalar_density
+    >>> x = jax.ShapeDtypeStruct((2,), jnp.float32)
+    >>> try:
+    ...     check_scalar_density("sample", "fn", lambda x: -x**2, x, "at init")
+    ... except ValueError as err:
+    ...     print(str(err)[:68])
+    sample: fn must return a real scalar log-density, got float32[2]. Su
+    """
+    try:
+        out = jax.eval_shape(fn, template)
+    except Exception as err:
+        raise ValueError(
+            f"{owner}: {which} cannot be evaluated {where}: {type(err).__name__}: {err}."
+            + (f" {hint}" if hint else "")
+        ) from err
+    if not (
+        isinstance(out, jax.ShapeDtypeStruct)
+        and out.shape == ()
+        and jnp.issubdtype(out.dtype, jnp.floating)
+    ):
+        shape = jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", out)
+        raise ValueError(
+            f"{owner}: {which} must return a real scalar log-density, got {shape}. Sum the "
+            "terms (jnp.sum) before returning."
+        )
 
 
 def element_label(name: str, index) -> str:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .._args import check_int, flat_labels
+from .._args import check_int, check_scalar_density, flat_labels
 from .._errors import surface_solver_errors
 from ..logdensity import Model
 from ..sampling._kernels import Settings, draws_fn, warmup_fn
@@ -327,27 +327,6 @@ def _flat_density(obj, unravel):
     return lambda x: obj(unravel(x))
 
 
-def _check_scalar(fn, template, which):
-    try:
-        out = jax.eval_shape(fn, template)
-    except Exception as err:
-        raise ValueError(
-            f"coupled_chains: {which} cannot be evaluated at the start position "
-            f"(float64[{template.shape[0]}] flat): {type(err).__name__}: {err}. Do the two "
-            "densities take the same parameters?"
-        ) from err
-    if not (
-        isinstance(out, jax.ShapeDtypeStruct)
-        and out.shape == ()
-        and jnp.issubdtype(out.dtype, jnp.floating)
-    ):
-        shape = jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", out)
-        raise ValueError(
-            f"coupled_chains: {which} must return a real scalar, got {shape}. Sum the terms "
-            "(jnp.sum) before returning."
-        )
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -625,8 +604,10 @@ def _densities(logdensity, reference_logdensity, init, key):
     f_custom = _flat_density(custom, unravel)
     f_ref = _flat_density(reference, unravel)
     template = jax.ShapeDtypeStruct(x0.shape, x0.dtype)
-    _check_scalar(f_ref, template, "reference_logdensity")
-    _check_scalar(f_custom, template, "logdensity")
+    where = f"at the start position ({template.dtype}[{template.shape[0]}] flat)"
+    hint = "Do the two densities take the same parameters?"
+    for fn, which in ((f_ref, "reference_logdensity"), (f_custom, "logdensity")):
+        check_scalar_density("coupled_chains", which, fn, template, where, hint)
     lp0, g0 = jax.jit(jax.value_and_grad(f_ref))(x0)
     if not (np.isfinite(float(lp0)) and np.all(np.isfinite(np.asarray(g0)))):
         raise ValueError(

@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._args import check_scalar_density
 from .._errors import surface_solver_errors
 from .._order import after
 from .._precision import float32_hint, warn_if_float32
@@ -350,25 +351,14 @@ def _labels(model, dim):
 
 
 def _check_scalar(fn, dim, dtype, which):
-    template = jax.ShapeDtypeStruct((dim,), dtype)
-    try:
-        out = jax.eval_shape(fn, template)
-    except Exception as err:
-        raise ValueError(
-            f"check_gradients: {which} cannot be evaluated on a flat {np.dtype(dtype).name}"
-            f"[{dim}] vector: {type(err).__name__}: {err}. Does it take the flat layout of "
-            "the points (for an mcg.Model: the unconstrained vector)?"
-        ) from err
-    if not (
-        isinstance(out, jax.ShapeDtypeStruct)
-        and out.shape == ()
-        and jnp.issubdtype(out.dtype, jnp.floating)
-    ):
-        shape = jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", out)
-        raise ValueError(
-            f"check_gradients: {which} must return a real scalar log-density, got {shape}. "
-            "Sum the terms (jnp.sum) before returning."
-        )
+    check_scalar_density(
+        "check_gradients",
+        which,
+        fn,
+        jax.ShapeDtypeStruct((dim,), dtype),
+        f"on a flat {np.dtype(dtype).name}[{dim}] vector",
+        "Does it take the flat layout of the points (for an mcg.Model: the unconstrained vector)?",
+    )
 
 
 def _to_flat(point, model, dim, what):

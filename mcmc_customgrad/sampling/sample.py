@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _arviz
-from .._args import check_int, flat_labels
+from .._args import check_int, check_scalar_density, flat_labels
 from .._cache import configure_cache
 from .._errors import surface_solver_errors
 from .._order import after
@@ -165,22 +165,8 @@ class Target:
         return jax.ShapeDtypeStruct(s.shape[1:], s.dtype)
 
     def _check_output(self):
-        try:
-            out = jax.eval_shape(self.logdensity, self.template)
-        except Exception as err:
-            raise ValueError(
-                f"sample: the log-density cannot be evaluated at a position shaped like "
-                f"init ({_describe(self.template)}): {type(err).__name__}: {err}"
-            ) from err
-        if not (
-            isinstance(out, jax.ShapeDtypeStruct)
-            and out.shape == ()
-            and jnp.issubdtype(out.dtype, jnp.floating)
-        ):
-            raise ValueError(
-                f"sample: the log-density must return a real scalar, got {_describe(out)}. "
-                "Sum the terms (jnp.sum) before returning."
-            )
+        where = f"at a position shaped like init ({_describe(self.template)})"
+        check_scalar_density("sample", "model_or_logdensity", self.logdensity, self.template, where)
 
     # -------------------------------------------------------------- initial points
     def draw(self, key):
