@@ -1146,9 +1146,9 @@ def sbc(
     - *Two compiled programs per configuration.* The simulator (``prior_sample`` then
       ``simulate``, vmapped over a batch) and the fitter: for each simulation of the
       batch (``vmap``), ``num_chains`` chains (``vmap``), each starting uniformly on
-      ``(-2, 2)`` in the unconstrained coordinates (Stan's default; redrawn in a
-      ``while_loop``, up to 100 times, until the log-density and its gradient are
-      finite), Blackjax's ``window_adaptation`` for ``num_warmup`` steps then
+      ``(-2, 2)`` in the unconstrained coordinates (Stan's default; redrawn by the
+      sampler's start stage, a ``while_loop``, up to 100 positions in all, until the
+      log-density and its gradient are finite), Blackjax's ``window_adaptation`` for ``num_warmup`` steps then
       ``blackjax.nuts`` for ``num_samples`` (the one-chain functions of
       :func:`~mcmc_customgrad.sample`), all in one ``jit``. Batches bound the memory;
       under ``vmap`` NUTS's loops run in lock-step, so a batch takes as long as its

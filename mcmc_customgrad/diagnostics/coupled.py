@@ -357,8 +357,9 @@ def coupled_chains(
     runs once, on ``reference_logdensity``, from ``init``; it fixes the step size, the
     mass matrix and the shared start (the reference's last warmup position). Then
     ``num_steps`` transitions of the same kernel, with the same per-transition keys, run
-    on each density (one ``jax.lax.scan``, one compilation per density). If the custom
-    density's value and gradient equal the reference's, both chains make the same
+    on each density (the sampler's own warmup and draw stages, as
+    :func:`~mcmc_customgrad.sample` runs them; one compilation per density). If the
+    custom density's value and gradient equal the reference's, both chains make the same
     leapfrog steps and the same decisions. Checks:
 
     - identical ``num_integration_steps`` in at least ``min_step_agreement`` (95%) of
