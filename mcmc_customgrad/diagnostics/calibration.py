@@ -1148,9 +1148,9 @@ def sbc(
       batch (``vmap``), ``num_chains`` chains (``vmap``), each starting uniformly on
       ``(-2, 2)`` in the unconstrained coordinates (Stan's default; redrawn by the
       sampler's start stage, a ``while_loop``, up to 100 positions in all, until the
-      log-density and its gradient are finite), Blackjax's ``window_adaptation`` for ``num_warmup`` steps then
-      ``blackjax.nuts`` for ``num_samples`` (the one-chain functions of
-      :func:`~mcmc_customgrad.sample`), all in one ``jit``. Batches bound the memory;
+      log-density and its gradient are finite), Blackjax's ``window_adaptation`` for
+      ``num_warmup`` steps then ``blackjax.nuts`` for ``num_samples`` (the one-chain
+      functions of :func:`~mcmc_customgrad.sample`), all in one ``jit``. Batches bound the memory;
       under ``vmap`` NUTS's loops run in lock-step, so a batch takes as long as its
       slowest chain. Simulation ``i`` always uses ``fold_in(key(seed), i)``.
     - *Thinning.* The chains' draws, pooled chain after chain, are thinned to ``L`` at
