@@ -1150,9 +1150,9 @@ def sbc(
       sampler's start stage, a ``while_loop``, up to 100 positions in all, until the
       log-density and its gradient are finite), Blackjax's ``window_adaptation`` for
       ``num_warmup`` steps then ``blackjax.nuts`` for ``num_samples`` (the one-chain
-      functions of :func:`~mcmc_customgrad.sample`), all in one ``jit``. Batches bound the memory;
-      under ``vmap`` NUTS's loops run in lock-step, so a batch takes as long as its
-      slowest chain. Simulation ``i`` always uses ``fold_in(key(seed), i)``.
+      functions of :func:`~mcmc_customgrad.sample`), all in one ``jit``. Batches bound
+      the memory; under ``vmap`` NUTS's loops run in lock-step, so a batch takes as long
+      as its slowest chain. Simulation ``i`` always uses ``fold_in(key(seed), i)``.
     - *Thinning.* The chains' draws, pooled chain after chain, are thinned to ``L`` at
       the evenly spaced indices ``floor((j + 1/2) C S / L)``, a fixed thin: the number of
       kept draws must be static in a compiled program, so it cannot follow each
