@@ -603,6 +603,47 @@ class _Result:
         return row, failures
 
 
+def _per_point(f, x_all, order, eps) -> dict:
+    """Point by point: jitted and eager values and gradients, and finite differences.
+
+    The differences go through the jitted function (with their rounding allowances); a
+    second jitted pass, and an eager call at the first point, feed the repeatability
+    check.
+    """
+    n, dim = x_all.shape
+    vg_jit = partial(_value_and_grad_jit, f)
+    vg_eager = jax.value_and_grad(f)
+    out = {
+        "jit_v": np.empty(n),
+        "jit_g": np.empty((n, dim)),
+        "eager_v": np.empty(n),
+        "eager_g": np.empty((n, dim)),
+        "fd_grad": np.empty((n, dim)),
+        "fd_hess": np.empty((n, dim, dim)) if order >= 2 else None,
+        "grad_allow": np.empty((n, dim)),
+        "hess_allow": np.empty((n, dim, dim)),
+        "again_v": np.empty(n),
+        "again_g": np.empty((n, dim)),
+    }
+    for k in range(n):
+        v, g = vg_jit(x_all[k])
+        out["jit_v"][k], out["jit_g"][k] = float(v), np.asarray(g)
+        v, g = vg_eager(jnp.asarray(x_all[k]))
+        out["eager_v"][k], out["eager_g"][k] = float(v), np.asarray(g)
+        fg, fh, out["grad_allow"][k], out["hess_allow"][k] = _finite_differences(
+            vg_jit, x_all[k].copy(), out["jit_v"][k], out["jit_g"][k], order, eps
+        )
+        out["fd_grad"][k] = fg
+        if order >= 2:
+            out["fd_hess"][k] = fh
+    for k in range(n):
+        v, g = vg_jit(x_all[k])
+        out["again_v"][k], out["again_g"][k] = float(v), np.asarray(g)
+    v, g = vg_eager(jnp.asarray(x_all[0]))
+    out["eager0_v"], out["eager0_g"] = float(v), np.asarray(g)
+    return out
+
+
 def _name_nonfinite(value) -> str:
     """``NaN``, ``inf`` or ``-inf`` as users write them (Python prints ``nan``)."""
     value = float(value)
@@ -881,31 +922,16 @@ def check_gradients(
     # Everything at the points, batched: one compile per density.
     out = jax.tree.map(np.asarray, _evaluate(f, order, True, x_all))
     ref = None if f_ref is None else jax.tree.map(np.asarray, _evaluate(f_ref, order, False, x_all))
-    # Per point: jit and eager, and the finite differences through the jitted function.
-    vg_jit = partial(_value_and_grad_jit, f)
-    vg_eager = jax.value_and_grad(f)
-    jit_v, jit_g = np.empty(n), np.empty((n, dim))
-    eager_v, eager_g = np.empty(n), np.empty((n, dim))
-    fd_grad = np.empty((n, dim))
-    fd_hess = np.empty((n, dim, dim)) if order >= 2 else None
-    grad_allow, hess_allow = np.empty((n, dim)), np.empty((n, dim, dim))
-    for k in range(n):
-        v, g = vg_jit(x_all[k])
-        jit_v[k], jit_g[k] = float(v), np.asarray(g)
-        v, g = vg_eager(jnp.asarray(x_all[k]))
-        eager_v[k], eager_g[k] = float(v), np.asarray(g)
-        fg, fh, grad_allow[k], hess_allow[k] = _finite_differences(
-            vg_jit, x_all[k].copy(), jit_v[k], jit_g[k], order, eps
-        )
-        fd_grad[k] = fg
-        if order >= 2:
-            fd_hess[k] = fh
-    again_v, again_g = np.empty(n), np.empty((n, dim))
-    for k in range(n):
-        v, g = vg_jit(x_all[k])
-        again_v[k], again_g[k] = float(v), np.asarray(g)
-    v, g = vg_eager(jnp.asarray(x_all[0]))
-    eager0_v, eager0_g = float(v), np.asarray(g)
+    pp = _per_point(f, x_all, order, eps)
+    jit_v, jit_g, eager_v, eager_g = pp["jit_v"], pp["jit_g"], pp["eager_v"], pp["eager_g"]
+    fd_grad, fd_hess = pp["fd_grad"], pp["fd_hess"]
+    grad_allow, hess_allow = pp["grad_allow"], pp["hess_allow"]
+    again_v, again_g, eager0_v, eager0_g = (
+        pp["again_v"],
+        pp["again_g"],
+        pp["eager0_v"],
+        pp["eager0_g"],
+    )
 
     def result(name, tol):
         return _Result(name, tol, n, labels)
