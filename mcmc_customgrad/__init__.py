@@ -14,7 +14,7 @@ Examples
 0.560491
 """
 
-from . import laplace, models, stable
+from . import gmrf, laplace, models, stable
 from ._precision import Float32Warning
 from ._version import __version__
 from .caches import clear_caches
@@ -33,6 +33,7 @@ from .diagnostics import (
     sbc,
     write_report,
 )
+from .gmrf import gmrf_log_marginal
 from .implicit import (
     SolverError,
     SolverInfo,
@@ -67,6 +68,8 @@ __all__ = [
     "latent_gaussian_log_marginal",
     "laplace_latent_draws",
     "laplace",
+    "gmrf",
+    "gmrf_log_marginal",
     "Model",
     "Constraint",
     "real",

@@ -18,7 +18,7 @@ NAME = "mcmc_customgrad"
 LAYERS = {
     0: ["_args", "_arviz", "_cache", "_order", "_precision", "_version", "caches", "stable"],
     1: ["implicit", "_errors"],
-    2: ["logdensity", "laplace"],
+    2: ["logdensity", "laplace", "gmrf"],
     3: ["models", "sampling"],
     4: ["diagnostics"],
     5: ["cli", "__main__", ""],  # "" is the package root, mcmc_customgrad/__init__.py

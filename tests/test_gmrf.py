@@ -1,0 +1,262 @@
+"""Sparse-precision (GMRF) embedded Laplace: mcmc_customgrad.gmrf.
+
+Every result is compared with a dense computation: the closed form for a Gaussian
+likelihood (the Laplace approximation is exact there), and the dense embedded Laplace
+(``latent_gaussian_log_marginal`` with ``cov = Q^-1``) for the other likelihoods. Sizes
+are small in the fast tier; the slow tier repeats the comparisons at n = 2,000.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import sparse as jsparse
+from jax.scipy.stats import multivariate_normal
+
+import mcmc_customgrad as mcg
+from mcmc_customgrad.laplace import (
+    bernoulli,
+    gaussian,
+    latent_gaussian_log_marginal,
+    negative_binomial,
+    poisson,
+)
+
+RNG = np.random.default_rng(20261204)
+
+
+def _ar1(h, n):
+    return mcg.gmrf.ar1(n, jnp.tanh(h[0]), jnp.exp(h[1]))
+
+
+def _matern(h, shape):
+    return mcg.gmrf.matern_grid(shape, jnp.exp(h[0]), jnp.exp(h[1]))
+
+
+BUILDERS = {"ar1": (_ar1, 60), "matern": (_matern, (6, 7))}
+
+
+def _size(arg):
+    return arg if isinstance(arg, int) else arg[0] * arg[1]
+
+
+def _gaussian_pair(builder, arg, y):
+    n = _size(arg)
+
+    def sparse(h):
+        Q = builder(h, arg)
+        return mcg.gmrf_log_marginal(gaussian(y), Q, jnp.zeros(n), jnp.exp(h[2]), mean=h[3])
+
+    def exact(h):
+        Q = builder(h, arg).todense()
+        C = jnp.linalg.inv(Q) + jnp.exp(2 * h[2]) * jnp.eye(n)
+        return multivariate_normal.logpdf(y, jnp.full(n, h[3]), C)
+
+    return sparse, exact
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_gaussian_likelihood_is_exact_value_and_gradient(name):
+    builder, arg = BUILDERS[name]
+    y = jnp.asarray(RNG.normal(size=_size(arg)))
+    sparse, exact = _gaussian_pair(builder, arg, y)
+    h = jnp.array([0.4, 0.3, -0.5, 0.2])
+    v, g = jax.value_and_grad(sparse)(h)
+    v_ref, g_ref = jax.value_and_grad(exact)(h)
+    assert abs(float(v - v_ref)) <= 1e-8 * abs(float(v_ref))
+    np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-10 * float(jnp.abs(g_ref).max()))
+
+
+LIKELIHOODS = {
+    "poisson": (lambda n: poisson(jnp.asarray(RNG.poisson(2.0, n))), ()),
+    "bernoulli": (lambda n: bernoulli(jnp.asarray(RNG.integers(0, 2, n))), ()),
+    "negative_binomial": (
+        lambda n: negative_binomial(jnp.asarray(RNG.poisson(3.0, n))),
+        (jnp.asarray(2.5),),
+    ),
+}
+
+
+def _dense_pair(builder, arg, ll, extra):
+    n = _size(arg)
+
+    def sparse(h, *a):
+        return mcg.gmrf_log_marginal(ll, builder(h, arg), jnp.zeros(n), *a, mean=h[2])
+
+    def dense(h, *a):
+        cov = jnp.linalg.inv(builder(h, arg).todense())
+        return latent_gaussian_log_marginal(ll, cov, jnp.zeros(n), *a, mean=h[2])
+
+    return sparse, dense
+
+
+@pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_agrees_with_the_dense_embedded_laplace(name, likelihood):
+    builder, arg = BUILDERS[name]
+    make, extra = LIKELIHOODS[likelihood]
+    sparse, dense = _dense_pair(builder, arg, make(_size(arg)), extra)
+    h = jnp.array([0.3, -0.2, 0.4])
+    argnums = tuple(range(1 + len(extra)))
+    v, g = jax.value_and_grad(sparse, argnums)(h, *extra)
+    v_ref, g_ref = jax.value_and_grad(dense, argnums)(h, *extra)
+    assert abs(float(v - v_ref)) <= 1e-8 * abs(float(v_ref))
+    for a, b in zip(g, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * float(jnp.abs(b).max()))
+
+
+def test_full_output_reports_the_newton_solve():
+    y = jnp.asarray(RNG.poisson(2.0, 30))
+    Q = mcg.gmrf.ar1(30, 0.6, 1.5)
+    value, info = mcg.gmrf_log_marginal(poisson(y), Q, jnp.zeros(30), full_output=True)
+    assert bool(info.converged) and int(info.status) == mcg.Status.CONVERGED
+    assert 2 <= int(info.num_steps) <= 20 and float(info.residual_norm) < 1e-8
+    assert np.isfinite(float(value))
+
+
+def test_a_failed_solve_is_nan_with_a_reason_and_finite_gradients():
+    y = jnp.asarray(RNG.poisson(5.0, 30))
+
+    def f(h):
+        Q = mcg.gmrf.ar1(30, jnp.tanh(h[0]), jnp.exp(h[1]))
+        solver = mcg.solvers.Newton(max_steps=1)
+        return mcg.gmrf_log_marginal(poisson(y), Q, jnp.zeros(30), solver=solver, full_output=True)
+
+    h = jnp.array([0.5, 0.0])
+    value, info = f(h)
+    assert np.isnan(float(value)) and int(info.status) == mcg.Status.MAX_STEPS
+    grad = jax.grad(lambda h: f(h)[0])(h)
+    assert np.all(np.asarray(grad) == 0.0)  # masked, never NaN
+
+
+def test_vmap_over_chains_equals_a_loop_and_needs_no_host_callback():
+    builder, arg = BUILDERS["ar1"]
+    y = jnp.asarray(RNG.normal(size=arg))
+    sparse, _ = _gaussian_pair(builder, arg, y)
+    hs = jnp.asarray(RNG.normal(size=(3, 4)) * 0.3)
+    batched = jax.jit(jax.vmap(jax.value_and_grad(sparse)))
+    v, g = batched(hs)
+    for k in range(3):
+        v_k, g_k = jax.value_and_grad(sparse)(hs[k])
+        np.testing.assert_allclose(v[k], v_k, rtol=1e-12)
+        np.testing.assert_allclose(g[k], g_k, rtol=1e-10)
+    text = jax.jit(jax.value_and_grad(sparse)).lower(hs[0]).as_text()
+    assert "callback" not in text  # sparse factorisations are FFI calls, not host callbacks
+
+
+def test_check_gradients_passes_on_a_gmrf_density():
+    y = jnp.asarray(RNG.poisson(2.0, 25))
+
+    def logdensity(h):
+        Q = mcg.gmrf.ar1(25, jnp.tanh(h[0]), jnp.exp(h[1]))
+        return mcg.gmrf_log_marginal(poisson(y), Q, jnp.zeros(25)) - 0.5 * jnp.sum(h**2)
+
+    report = mcg.check_gradients(logdensity, points=RNG.normal(size=(4, 2)) * 0.5, order=1)
+    assert report.passed, str(report)
+
+
+# ------------------------------------------------------------------------- the builders
+
+
+def test_ar1_has_the_stated_correlations_and_log_determinant():
+    n, rho, tau = 6, 0.7, 2.5
+    Q = np.asarray(mcg.gmrf.ar1(n, rho, tau).todense())
+    C = np.linalg.inv(Q)
+    lags = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    np.testing.assert_allclose(C, rho**lags / tau, rtol=1e-12)
+    expected = n * np.log(tau) - (n - 1) * np.log(1 - rho**2)
+    assert np.linalg.slogdet(Q)[1] == pytest.approx(expected, rel=1e-12)
+
+
+def test_matern_grid_is_the_square_of_the_shifted_laplacian():
+    shape, kappa, tau = (4, 5), 0.8, 1.3
+    Q = np.asarray(mcg.gmrf.matern_grid(shape, kappa, tau).todense())
+    n = shape[0] * shape[1]
+    G = np.zeros((n, n))
+    index = np.arange(n).reshape(shape)
+    for a, b in [(index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :])]:
+        for i, j in zip(a.ravel(), b.ravel(), strict=True):
+            G[i, j] = G[j, i] = -1.0
+    G -= np.diag(G.sum(axis=1))
+    K = kappa**2 * np.eye(n) + G
+    np.testing.assert_allclose(Q, tau**2 * K @ K, atol=1e-12)
+    assert mcg.gmrf.matern_grid(shape, kappa, tau).nse <= 13 * n
+
+
+def test_precision_keeps_its_pattern_static_under_jit_and_vmap():
+    idx = np.array([[0, 0], [1, 1], [0, 1], [1, 0]])
+
+    def value(a):
+        Q = mcg.gmrf.Precision(jnp.stack([2.0, 3.0, a, a]), idx, 2)
+        return mcg.gmrf_log_marginal(poisson(jnp.array([1, 2])), Q, jnp.zeros(2))
+
+    v = jax.jit(jax.vmap(value))(jnp.array([0.1, -0.4]))
+    assert v.shape == (2,) and bool(jnp.all(jnp.isfinite(v)))
+    cov = jnp.linalg.inv(jnp.array([[2.0, 0.1], [0.1, 3.0]]))
+    ref = latent_gaussian_log_marginal(poisson(jnp.array([1, 2])), cov, jnp.zeros(2))
+    assert float(v[0]) == pytest.approx(float(ref), rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_input_errors():
+    y = poisson(jnp.array([1, 2, 3]))
+    Q = mcg.gmrf.ar1(3, 0.5, 1.0)
+    with pytest.raises(TypeError, match=r"must be an mcg\.gmrf\.Precision"):
+        mcg.gmrf_log_marginal(y, jnp.eye(3), jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"theta0 must have shape \(3,\)"):
+        mcg.gmrf_log_marginal(y, Q, jnp.zeros(4))
+    with pytest.raises(ValueError, match="not symmetric"):
+        mcg.gmrf.Precision(jnp.ones(2), np.array([[0, 0], [0, 1]]), 2)
+    with pytest.raises(ValueError, match="repeat an entry"):
+        mcg.gmrf.Precision(jnp.ones(2), np.array([[0, 0], [0, 0]]), 2)
+    with pytest.raises(ValueError, match=r"values must have shape \(2,\)"):
+        mcg.gmrf.Precision(jnp.ones(3), np.array([[0, 0], [1, 1]]), 2)
+    singular = mcg.gmrf.Precision(
+        jnp.array([1.0, 1.0, -1.0, -1.0]), np.array([[0, 0], [1, 1], [0, 1], [1, 0]]), 2
+    )
+    with pytest.raises(ValueError, match=r"not positive definite.*intrinsic"):
+        mcg.gmrf_log_marginal(poisson(jnp.array([1, 2])), singular, jnp.zeros(2))
+    with pytest.raises(ValueError, match="not separable"):
+        mcg.gmrf_log_marginal(lambda x: -(jnp.sum(x) ** 2), Q, jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"rho must be a scalar"):
+        mcg.gmrf.ar1(3, jnp.ones(2), 1.0)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        mcg.gmrf.ar1(1, 0.5, 1.0)
+
+
+def test_a_bcoo_built_inside_jit_is_refused_with_the_fix():
+    idx = np.array([[0, 0], [1, 1]])
+
+    def f(a):
+        Q = jsparse.BCOO((jnp.stack([a, a]), idx), shape=(2, 2))
+        return mcg.gmrf_log_marginal(poisson(jnp.array([1, 2])), Q, jnp.zeros(2))
+
+    assert np.isfinite(float(f(2.0)))  # eagerly the indices are concrete
+    with pytest.raises(ValueError, match=r"mcg.gmrf.Precision\(values, indices, n\)"):
+        jax.jit(f)(2.0)
+
+
+# ------------------------------------------------------------------------- at n = 2,000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("likelihood", ["gaussian", *sorted(LIKELIHOODS)])
+def test_agreement_at_two_thousand_latents(likelihood):
+    n = 2000
+    builder = _ar1
+    if likelihood == "gaussian":
+        y = jnp.asarray(RNG.normal(size=n))
+        sparse, exact = _gaussian_pair(builder, n, y)
+        h, extra = jnp.array([0.8, 0.3, -0.5, 0.2]), ()
+    else:
+        make, extra = LIKELIHOODS[likelihood]
+        sparse, exact = _dense_pair(builder, n, make(n), extra)
+        h = jnp.array([0.8, -0.2, 0.4])
+    argnums = tuple(range(1 + len(extra)))
+    v, g = jax.value_and_grad(sparse, argnums)(h, *extra)
+    v_ref, g_ref = jax.value_and_grad(exact, argnums)(h, *extra)
+    assert abs(float(v - v_ref)) <= 1e-8 * abs(float(v_ref))
+    for a, b in zip(g, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9 * float(jnp.abs(b).max()))
