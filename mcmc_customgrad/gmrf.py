@@ -160,6 +160,11 @@ class Precision(jsparse.BCOO):
         repeats.
     n : int
         The matrix is ``(n, n)``.
+    log_det : scalar float array, optional
+        ``log|Q|`` as a differentiable function of the hyperparameters, when it has a
+        closed form (the builders give one). :func:`gmrf_log_marginal` then uses it and
+        its own derivative instead of a Cholesky factorisation of ``Q`` and its selected
+        inverse, the most expensive step on a 2-D grid. Give it only if it is exact.
 
     Examples
     --------
@@ -173,7 +178,7 @@ class Precision(jsparse.BCOO):
            [0.5, 2. ]], dtype=float32)
     """
 
-    def __init__(self, values, indices, n: int):
+    def __init__(self, values, indices, n: int, log_det=None):
         pattern = indices if isinstance(indices, Pattern) else None
         if pattern is None:
             pattern = Pattern.checked("mcg.gmrf.Precision", indices, n)
@@ -185,16 +190,17 @@ class Precision(jsparse.BCOO):
             )
         super().__init__((values, pattern.indices), shape=(pattern.n, pattern.n))
         self.pattern = pattern
+        self.log_det = None if log_det is None else jnp.asarray(log_det)
 
     def tree_flatten(self):
-        """Children: the values only; the pattern is static aux data."""
-        return (self.data,), self.pattern
+        """Children: the values (and ``log_det``); the pattern is static aux data."""
+        return (self.data, self.log_det), self.pattern
 
     @classmethod
     def tree_unflatten(cls, pattern, children):
         """Rebuild from the values (maybe traced or batched) and the static pattern."""
         obj = object.__new__(cls)
-        obj.data = children[0]
+        obj.data, obj.log_det = children
         obj.indices = jnp.asarray(pattern.indices)
         obj.shape = (pattern.n, pattern.n)
         obj.indices_sorted = False
@@ -203,10 +209,11 @@ class Precision(jsparse.BCOO):
         return obj
 
 
-def _pattern(where: str, precision) -> tuple[Pattern, jax.Array]:
-    """Check ``precision`` and split it into its static pattern and its values."""
+def _pattern(where: str, precision):
+    """Check ``precision``: its static pattern, its values and ``log|Q|`` if known."""
     if isinstance(precision, Precision):
-        return precision.pattern, _as_float_array(precision.data, "precision's values", where)
+        values = _as_float_array(precision.data, "precision's values", where)
+        return precision.pattern, values, precision.log_det
     if not isinstance(precision, jsparse.BCOO):
         raise TypeError(
             f"{where}: precision must be an mcg.gmrf.Precision (from mcg.gmrf.ar1, "
@@ -232,7 +239,7 @@ def _pattern(where: str, precision) -> tuple[Pattern, jax.Array]:
             "static), or use the mcg.gmrf builders."
         ) from err
     pattern = Pattern.checked(where, indices, int(precision.shape[0]))
-    return pattern, _as_float_array(precision.data, "precision's values", where)
+    return pattern, _as_float_array(precision.data, "precision's values", where), None
 
 
 # ============================================================================== the solve
@@ -293,8 +300,12 @@ def _safe_values(pattern: Pattern, q):
     return finite, jnp.where(finite, q, eye)
 
 
-def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure):
-    """The ``custom_jvp`` value rule for one likelihood, pattern and solver setting."""
+def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure, with_logdet_q=True):
+    """The ``custom_jvp`` value rule for one likelihood, pattern and solver setting.
+
+    Without ``with_logdet_q`` the value leaves out ``1/2 log|Q|`` (the caller adds a
+    closed form), and with it the factorisation and selected inverse of ``Q``.
+    """
 
     def solve(theta0, params):
         q, m, p = params
@@ -320,12 +331,9 @@ def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure):
         q = _safe_values(pattern, q)[1]
         w = jnp.where(ok, jnp.maximum(_w_diag(ll, x, p), 0.0), 1.0)
         r = x - m
-        value = (
-            ll(x, p)
-            - 0.5 * pattern.quad(q, r, r)
-            + 0.5 * pattern.logdet(q)
-            - 0.5 * pattern.logdet(q, w)
-        )
+        value = ll(x, p) - 0.5 * pattern.quad(q, r, r) - 0.5 * pattern.logdet(q, w)
+        if with_logdet_q:
+            value = value + 0.5 * pattern.logdet(q)
         if on_failure != "last":
             value = jnp.where(ok, value, jnp.nan)
         return value, q, w
@@ -371,12 +379,13 @@ def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure):
         _, ll_dot = jax.jvp(lambda pp: ll(x_lin, pp), (p,), (p_dot,))
         psi_dot = ll_dot - 0.5 * pattern.quad(q_dot, r, r) + jnp.vdot(Qr, m_dot)
         _, w_dot = jax.jvp(lambda xx, pp: _w_diag(ll, xx, pp), (x_lin, p), (x_dot, p_dot))
-        z_q = lax.stop_gradient(pattern.selinv(q))
         z_a = lax.stop_gradient(pattern.selinv(q, w))
         nnz = pattern.nnz
-        logdet_q_dot = jnp.vdot(z_q, q_dot)
         logdet_a_dot = jnp.vdot(z_a[:nnz], q_dot) + jnp.vdot(z_a[nnz:], w_dot)
-        value_dot = psi_dot + 0.5 * logdet_q_dot - 0.5 * logdet_a_dot
+        value_dot = psi_dot - 0.5 * logdet_a_dot
+        if with_logdet_q:
+            z_q = lax.stop_gradient(pattern.selinv(q))
+            value_dot = value_dot + 0.5 * jnp.vdot(z_q, q_dot)
         return (value, info), (jnp.where(ok, value_dot, 0.0), jax.tree.map(zero_tangent, info))
 
     return jit_core(value_core)
@@ -396,7 +405,7 @@ def _setup(where, log_likelihood, precision, theta0, args, mean, solver, full_ou
             f"atol=..., max_steps=...), which configures the sparse Newton iteration; got "
             f"{type(solver).__name__}."
         )
-    pattern, q = _pattern(where, precision)
+    pattern, q, log_det = _pattern(where, precision)
     theta0 = _as_float_array(theta0, "theta0", where)
     n = pattern.n
     if theta0.shape != (n,):
@@ -424,11 +433,12 @@ def _setup(where, log_likelihood, precision, theta0, args, mean, solver, full_ou
             _check_separable(where, ll, theta0, (args, consts))
             _CHECKED.put(key, True)
         _check_positive_definite(where, pattern, q)
-    full_key = (*key, pattern, jnp.dtype(dtype), rtol, atol, solver.max_steps, on_failure)
+    own = log_det is None
+    options = (rtol, atol, solver.max_steps, on_failure, own)
     core = _CACHE.get_or_build(
-        full_key, lambda: _build(ll, pattern, rtol, atol, solver.max_steps, on_failure)
+        (*key, pattern, jnp.dtype(dtype), *options), lambda: _build(ll, pattern, *options)
     )
-    return core, solver, theta0, params
+    return core, solver, theta0, params, log_det
 
 
 def _check_positive_definite(where, pattern: Pattern, q):
@@ -541,10 +551,12 @@ def gmrf_log_marginal(
     (True, True)
     """
     where = "mcmc_customgrad.gmrf_log_marginal"
-    core, solver, theta0, params = _setup(
+    core, solver, theta0, params, log_det = _setup(
         where, log_likelihood, precision, theta0, args, mean, solver, full_output, on_failure
     )
     value, info = core(theta0, params)
+    if log_det is not None:  # masked like the core's own terms: no derivative at a failure
+        value = value + jnp.where(jnp.isfinite(value), 0.5 * log_det, 0.0)
     finish(where, solver, info, on_failure)
     return (value, info) if full_output else value
 
@@ -609,7 +621,8 @@ def ar1(n: int, rho, tau) -> Precision:
     diag = jnp.full(n, 1.0 + rho**2).at[0].set(1.0).at[-1].set(1.0)
     off = jnp.full(n - 1, -rho)
     values = tau / (1.0 - rho**2) * jnp.concatenate([diag, off, off])
-    return Precision(values, _ar1_pattern(n), n)
+    log_det = n * jnp.log(tau) - (n - 1) * jnp.log1p(-(rho**2))
+    return Precision(values, _ar1_pattern(n), n, log_det=log_det)
 
 
 def _grid_laplacian(shape):
@@ -691,4 +704,9 @@ def matern_grid(shape, kappa, tau) -> Precision:
     kappa, tau = _scalar(where, "kappa", kappa), _scalar(where, "tau", tau)
     pattern, I_v, G_v, G2_v = _matern_pieces(ny, nx)
     values = tau**2 * (kappa**4 * I_v + 2.0 * kappa**2 * G_v + G2_v)
-    return Precision(values, pattern, pattern.n)
+    # The lattice Laplacian is a Kronecker sum of two path Laplacians, whose eigenvalues
+    # (Neumann boundaries) are 4 sin^2(pi j / 2m), j = 0..m-1: log|Q| in closed form.
+    lam = [4.0 * np.sin(np.pi * np.arange(m) / (2 * m)) ** 2 for m in (ny, nx)]
+    eig = (lam[0][:, None] + lam[1][None, :]).ravel()
+    log_det = 2 * pattern.n * jnp.log(tau) + 2 * jnp.sum(jnp.log(kappa**2 + eig))
+    return Precision(values, pattern, pattern.n, log_det=log_det)
