@@ -33,7 +33,7 @@ from .diagnostics import (
     sbc,
     write_report,
 )
-from .gmrf import gmrf_log_marginal
+from .gmrf import gmrf_latent_draws, gmrf_log_marginal
 from .implicit import (
     SolverError,
     SolverInfo,
@@ -70,6 +70,7 @@ __all__ = [
     "laplace",
     "gmrf",
     "gmrf_log_marginal",
+    "gmrf_latent_draws",
     "Model",
     "Constraint",
     "real",

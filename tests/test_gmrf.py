@@ -155,6 +155,49 @@ def test_check_gradients_passes_on_a_gmrf_density():
     assert report.passed, str(report)
 
 
+# ------------------------------------------------------------------------- latent draws
+
+
+def test_latent_draws_follow_the_exact_gaussian_posterior():
+    n, sigma = 12, 0.6
+    y = jnp.asarray(RNG.normal(size=n))
+    Q = mcg.gmrf.ar1(n, 0.7, 1.5)
+    draws, post = mcg.gmrf_latent_draws(
+        jax.random.key(3),
+        gaussian(y),
+        Q,
+        jnp.zeros(n),
+        sigma,
+        mean=0.2,
+        num_draws=20_000,
+        full_output=True,
+    )
+    A = np.asarray(Q.todense()) + np.eye(n) / sigma**2
+    cov = np.linalg.inv(A)
+    mode = np.linalg.solve(A, np.asarray(y) / sigma**2 + np.asarray(Q.todense()) @ np.full(n, 0.2))
+    np.testing.assert_allclose(post.mean, mode, rtol=1e-10)
+    np.testing.assert_allclose(post.variance, np.diag(cov), rtol=1e-10)
+    assert draws.shape == (20_000, n) and bool(post.info.converged)
+    # Monte Carlo: means within 5 standard errors, covariance entries within 0.05.
+    se = np.sqrt(np.diag(cov) / draws.shape[0])
+    assert np.all(np.abs(np.asarray(draws.mean(0)) - mode) <= 5 * se)
+    np.testing.assert_allclose(np.cov(np.asarray(draws).T), cov, atol=0.05 * cov.max())
+
+
+def test_latent_draws_are_nan_when_the_solve_fails_and_check_num_draws():
+    y = poisson(jnp.asarray(RNG.poisson(5.0, 10)))
+    Q = mcg.gmrf.ar1(10, 0.5, 1.0)
+    bad = mcg.solvers.Newton(max_steps=1)
+    draws = mcg.gmrf_latent_draws(jax.random.key(0), y, Q, jnp.zeros(10), solver=bad, num_draws=2)
+    assert draws.shape == (2, 10) and bool(jnp.all(jnp.isnan(draws)))
+    assert mcg.gmrf_latent_draws(jax.random.key(0), y, Q, jnp.zeros(10), num_draws=0).shape == (
+        0,
+        10,
+    )
+    with pytest.raises(TypeError, match="num_draws must be an int"):
+        mcg.gmrf_latent_draws(jax.random.key(0), y, Q, jnp.zeros(10), num_draws=2.0)
+
+
 # ------------------------------------------------------------------------- the builders
 
 
@@ -249,6 +292,12 @@ def test_bad_input_errors():
         mcg.gmrf.ar1(3, jnp.ones(2), 1.0)
     with pytest.raises(ValueError, match="n must be an integer >= 2"):
         mcg.gmrf.ar1(1, 0.5, 1.0)
+
+
+def test_float32_is_refused_with_the_fix(float32):
+    Q = mcg.gmrf.ar1(3, 0.5, 1.0)
+    with pytest.raises(ValueError, match=r"works in float64.*jax_enable_x64"):
+        mcg.gmrf_log_marginal(poisson(jnp.array([1, 2, 3])), Q, jnp.zeros(3))
 
 
 def test_a_bcoo_built_inside_jit_is_refused_with_the_fix():
