@@ -54,7 +54,11 @@ __all__ = [
     "gmrf_latent_draws",
     "SparseLatentPosterior",
     "Precision",
+    "NullSpace",
     "ar1",
+    "rw1",
+    "rw2",
+    "icar",
     "matern_grid",
 ]
 
@@ -148,6 +152,48 @@ class Pattern:
         return sparsax.selinv(self.a_rows, self.a_cols, jnp.concatenate([q, w]), self.n)
 
 
+class NullSpace:
+    """A basis ``V`` (``(n, k)``, concrete) of an intrinsic precision's null space.
+
+    The field is constrained to ``V' (x - mean) = 0`` (for a random walk or an ICAR
+    prior: the field sums to zero on each connected part), the exact treatment INLA
+    calls conditioning by kriging. Hashable by its bytes.
+    """
+
+    def __init__(self, basis):
+        basis = np.asarray(basis, dtype=np.float64)
+        if basis.ndim == 1:
+            basis = basis[:, None]
+        self.basis = basis
+        self.basis.flags.writeable = False
+        gram = basis.T @ basis
+        if np.linalg.matrix_rank(gram) < basis.shape[1]:
+            raise ValueError(
+                "mcg.gmrf: the null space basis has linearly dependent columns; give one "
+                "column per independent direction."
+            )
+        self.gram_inverse = np.linalg.inv(gram)
+        self.log_det_gram = float(np.linalg.slogdet(gram)[1])
+        digest = hashlib.sha256(basis.tobytes()).hexdigest()
+        self._key = (basis.shape, digest)
+
+    @property
+    def k(self) -> int:
+        """Number of constraints."""
+        return int(self.basis.shape[1])
+
+    def __eq__(self, other):
+        return isinstance(other, NullSpace) and other._key == self._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def project(self, v):
+        """``v`` minus its component in the null space (onto ``V' v = 0``)."""
+        V = jnp.asarray(self.basis, v.dtype)
+        return v - V @ (jnp.asarray(self.gram_inverse, v.dtype) @ (V.T @ v))
+
+
 @jax.tree_util.register_pytree_node_class
 class Precision(jsparse.BCOO):
     """A sparse precision matrix whose pattern stays static under ``jit`` and ``vmap``.
@@ -172,7 +218,13 @@ class Precision(jsparse.BCOO):
         ``log|Q|`` as a differentiable function of the hyperparameters, when it has a
         closed form (the builders give one). :func:`gmrf_log_marginal` then uses it and
         its own derivative instead of a Cholesky factorisation of ``Q`` and its selected
-        inverse, the most expensive step on a 2-D grid. Give it only if it is exact.
+        inverse, the most expensive step on a 2-D grid. Give it only if it is exact. For
+        an intrinsic ``Q`` it is required: the generalised log-determinant, the sum of
+        the logs of the non-zero eigenvalues.
+    null_space : (n, k) array, optional
+        For an intrinsic (singular) ``Q``: a basis of its null space, concrete. The field
+        is then constrained to ``null_space' (x - mean) = 0`` (sum to zero, for a random
+        walk or an ICAR prior) and the marginal is that of the constrained field, exactly.
 
     Examples
     --------
@@ -185,7 +237,7 @@ class Precision(jsparse.BCOO):
     [[2.0, 0.5], [0.5, 2.0]]
     """
 
-    def __init__(self, values, indices, n: int, log_det=None):
+    def __init__(self, values, indices, n: int, log_det=None, null_space=None):
         pattern = indices if isinstance(indices, Pattern) else None
         if pattern is None:
             pattern = Pattern.checked("mcg.gmrf.Precision", indices, n)
@@ -196,16 +248,32 @@ class Precision(jsparse.BCOO):
                 f"index, got {values.shape}."
             )
         super().__init__((values, pattern.indices), shape=(pattern.n, pattern.n))
+        if null_space is not None and not isinstance(null_space, NullSpace):
+            basis = np.asarray(null_space, dtype=np.float64)
+            basis = basis[:, None] if basis.ndim == 1 else basis
+            if basis.ndim != 2 or basis.shape[0] != pattern.n or basis.shape[1] >= pattern.n:
+                raise ValueError(
+                    f"mcg.gmrf.Precision: null_space must have shape ({pattern.n}, k) with "
+                    f"k < {pattern.n}, got {basis.shape}."
+                )
+            null_space = NullSpace(basis)
+        if null_space is not None and log_det is None:
+            raise ValueError(
+                "mcg.gmrf.Precision: an intrinsic precision (null_space given) needs "
+                "log_det, its generalised log-determinant; it cannot be factorised."
+            )
         self.pattern = pattern
+        self.null_space = null_space
         self.log_det = None if log_det is None else jnp.asarray(log_det)
 
     def tree_flatten(self):
         """Children: the values (and ``log_det``); the pattern is static aux data."""
-        return (self.data, self.log_det), self.pattern
+        return (self.data, self.log_det), (self.pattern, self.null_space)
 
     @classmethod
-    def tree_unflatten(cls, pattern, children):
+    def tree_unflatten(cls, aux, children):
         """Rebuild from the values (maybe traced or batched) and the static pattern."""
+        pattern, null_space = aux
         obj = object.__new__(cls)
         obj.data, obj.log_det = children
         obj.indices = jnp.asarray(pattern.indices)
@@ -213,6 +281,7 @@ class Precision(jsparse.BCOO):
         obj.indices_sorted = False
         obj.unique_indices = True
         obj.pattern = pattern
+        obj.null_space = null_space
         return obj
 
 
@@ -220,7 +289,7 @@ def _pattern(where: str, precision):
     """Check ``precision``: its static pattern, its values and ``log|Q|`` if known."""
     if isinstance(precision, Precision):
         values = _as_float_array(precision.data, "precision's values", where)
-        return precision.pattern, values, precision.log_det
+        return precision.pattern, values, precision.log_det, precision.null_space
     if not isinstance(precision, jsparse.BCOO):
         raise TypeError(
             f"{where}: precision must be an mcg.gmrf.Precision (from mcg.gmrf.ar1, "
@@ -246,30 +315,35 @@ def _pattern(where: str, precision):
             "static), or use the mcg.gmrf builders."
         ) from err
     pattern = Pattern.checked(where, indices, int(precision.shape[0]))
-    return pattern, _as_float_array(precision.data, "precision's values", where), None
+    return pattern, _as_float_array(precision.data, "precision's values", where), None, None
 
 
 # ============================================================================== the solve
 
 
-def _newton(ll, pattern: Pattern, theta0, q, m, p, rtol, atol, max_steps):
+def _newton(ll, pattern: Pattern, null, theta0, q, m, p, rtol, atol, max_steps):
     """The mode of ``Psi(x) = ll(x) - 1/2 (x - m)' Q (x - m)`` by damped Newton.
 
     The step solves ``(Q + W+) d = grad Psi`` (``W+``: ``W`` clipped at 0, which keeps
     the matrix positive definite and ``d`` an ascent direction), with a backtracking
-    (Armijo) line search on ``Psi``. The convergence rule is the dense path's
-    (:func:`~mcmc_customgrad.latent_gaussian_log_marginal`): the gradient's max-norm
-    within ``atol + rtol |Psi|`` and ``x`` known to tolerance (the last step moved it by
-    less than ``atol + rtol |x|``), or a full step that small. Returns
+    (Armijo) line search on ``Psi``. With a null space ``V`` (an intrinsic prior) the
+    iterates stay on ``V' (x - m) = 0``: the step is corrected by kriging,
+    ``d = d_u - Z (V' Z)^-1 V' d_u`` with ``d_u = M^-1 g`` and ``Z = M^-1 V``, and the
+    gradient is judged projected onto the constraint. The convergence rule is the dense
+    path's (:func:`~mcmc_customgrad.latent_gaussian_log_marginal`): the gradient's
+    max-norm within ``atol + rtol |Psi|`` and ``x`` known to tolerance (the last step
+    moved it by less than ``atol + rtol |x|``), or a full step that small. Returns
     ``(x, converged, num_steps, residual)``.
     """
+    project = (lambda v: v) if null is None else null.project
 
     def evaluate(x):
         r = x - m
         psi = ll(x, p) - 0.5 * pattern.quad(q, r, r)
         return -psi, jax.grad(ll)(x, p) - pattern.matvec(q, r)
 
-    x0 = jnp.where(jnp.isfinite(evaluate(theta0)[0]), theta0, m)
+    start = m + project(theta0 - m)
+    x0 = jnp.where(jnp.isfinite(evaluate(start)[0]), start, m)
     merit0, g0 = evaluate(x0)
 
     def cond(state):
@@ -280,24 +354,44 @@ def _newton(ll, pattern: Pattern, theta0, q, m, p, rtol, atol, max_steps):
         x, merit, g, k, _, _ = state
         w = jnp.maximum(_w_diag(ll, x, p), 0.0)
         d = pattern.solve(q, w, g)
+        if null is not None:
+            d = _kriging(pattern, null, q, w, d)
         slope = -jnp.vdot(d, g)
         alpha, merit_t, g_t, accepted = backtrack(evaluate, x, merit, d, slope)
         x1 = jnp.where(accepted, x + alpha * d, x)
         g1 = jnp.where(accepted, g_t, g)
         merit1 = jnp.where(accepted, merit_t, merit)
         moved = max_norm(alpha * d) <= atol + rtol * max_norm(x1)
-        residual = max_norm(g1)
+        residual = max_norm(project(g1))
         residual_ok = residual <= atol + rtol * jnp.abs(merit1)
         known = (accepted & moved) | (residual <= rtol * residual0)
         done = (residual_ok & known) | (accepted & (alpha == 1.0) & moved)
         return x1, merit1, g1, k + 1, done, ~accepted
 
-    residual0 = max_norm(g0)
+    residual0 = max_norm(project(g0))
     done0 = residual0 == 0
     state = (x0, merit0, g0, jnp.zeros((), jnp.int32), done0, jnp.array(False))
     x, merit, g, k, done, _ = lax.while_loop(cond, body, state)
     ok = done & jnp.isfinite(merit) & jnp.all(jnp.isfinite(x))
-    return x, ok, k, max_norm(g).astype(x.dtype)
+    return x, ok, k, max_norm(project(g)).astype(x.dtype)
+
+
+def _constraint_solves(pattern: Pattern, null, q, w):
+    """``Z = M^-1 V`` and ``C = V' Z`` for ``M = Q + diag(w)``.
+
+    One column at a time: the factor of ``M`` is cached, so each column costs a pair of
+    triangular solves.
+    """
+    V = jnp.asarray(null.basis, q.dtype)
+    Z = jnp.stack([pattern.solve(q, w, V[:, j]) for j in range(null.k)], axis=1)
+    return Z, V.T @ Z
+
+
+def _kriging(pattern: Pattern, null, q, w, d):
+    """``d`` corrected onto ``V' d = 0`` in the metric of ``M``: conditioning by kriging."""
+    Z, C = _constraint_solves(pattern, null, q, w)
+    V = jnp.asarray(null.basis, d.dtype)
+    return d - Z @ jnp.linalg.solve(C, V.T @ d)
 
 
 def _safe_values(pattern: Pattern, q):
@@ -307,17 +401,20 @@ def _safe_values(pattern: Pattern, q):
     return finite, jnp.where(finite, q, eye)
 
 
-def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure, with_logdet_q=True):
+def _build(ll, pattern: Pattern, null, rtol, atol, max_steps, on_failure, with_logdet_q=True):
     """The ``custom_jvp`` value rule for one likelihood, pattern and solver setting.
 
     Without ``with_logdet_q`` the value leaves out ``1/2 log|Q|`` (the caller adds a
-    closed form), and with it the factorisation and selected inverse of ``Q``.
+    closed form), and with it the factorisation and selected inverse of ``Q``. With a
+    null space ``null`` the field is constrained to ``V' (x - m) = 0``.
     """
 
     def solve(theta0, params):
         q, m, p = params
         finite_q, q = _safe_values(pattern, q)
-        x, solver_ok, k, residual = _newton(ll, pattern, theta0, q, m, p, rtol, atol, max_steps)
+        x, solver_ok, k, residual = _newton(
+            ll, pattern, null, theta0, q, m, p, rtol, atol, max_steps
+        )
         finite = finite_q & jnp.all(jnp.isfinite(x)) & jnp.isfinite(residual)
         x_safe = jnp.where(finite, x, m)
         ok, status = _mode_ok(ll, x_safe, p, _w_diag(ll, x_safe, p), solver_ok, finite)
@@ -333,12 +430,18 @@ def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure, with_logdet_
         return x, info
 
     def value_at(ok, x, params):
-        """The value at a mode ``x``, and ``W+`` there (1 where the solve failed)."""
+        """The value at a mode ``x``; ``W+`` there (1 where the solve failed)."""
         q, m, p = params
         q = _safe_values(pattern, q)[1]
         w = jnp.where(ok, jnp.maximum(_w_diag(ll, x, p), 0.0), 1.0)
         r = x - m
-        value = ll(x, p) - 0.5 * pattern.quad(q, r, r) - 0.5 * pattern.logdet(q, w)
+        # log|U' M U| on the constraint's subspace U = null(V'):
+        #   log|M| + log|V' M^-1 V| - log|V' V|.
+        logdet_m = pattern.logdet(q, w)
+        if null is not None:
+            C = _constraint_solves(pattern, null, q, w)[1]
+            logdet_m = logdet_m + jnp.linalg.slogdet(C)[1] - null.log_det_gram
+        value = ll(x, p) - 0.5 * pattern.quad(q, r, r) - 0.5 * logdet_m
         if with_logdet_q:
             value = value + 0.5 * pattern.logdet(q)
         if on_failure != "last":
@@ -351,19 +454,22 @@ def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure, with_logdet_
         ok = jnp.all(jnp.isfinite(x)) if on_failure == "last" else info.converged
         return value_at(ok, jnp.where(ok, x, params[1]), params)[0], info
 
-    # The adjoint rule. With A = Q + W and r = x* - m, along a tangent (Q̇, ṁ, ṗ):
-    #  * envelope theorem (grad Psi = 0 at the mode):
-    #       d Psi = ∂_p ll · ṗ - ½ r' Q̇ r + r' Q ṁ;
-    #  * log-determinants, d log|A| = tr(A^-1 Ȧ) = Σ_k (A^-1)_k Ȧ_k over A's pattern,
-    #    so only the selected inverses of Q and of A are needed:
+    # The adjoint rule. With M = Q + W and r = x* - m, along a tangent (Q̇, ṁ, ṗ):
+    #  * envelope theorem (grad Psi = 0 at the mode, or orthogonal to the constraint's
+    #    subspace, along which x* moves):
+    #       d Psi = ∂_p ll · ṗ + grad ll · ṁ - ½ r' Q̇ r;
+    #  * log-determinants, d log|M| = tr(M^-1 Ṁ) = Σ_k (M^-1)_k Ṁ_k over M's pattern,
+    #    so only selected inverses are needed:
     #       d log|Q| = Σ_k (Q^-1)_k Q̇_k,
-    #       d log|A| = Σ_k (A^-1)_k Q̇_k + Σ_i (A^-1)_ii Ẇ_i,
-    #    with Ẇ = ∂_x W · ẋ* + ∂_p W · ṗ (one JVP of the W diagonal), and ẋ* from the
-    #    implicit function theorem on grad ll(x, p) - Q (x - m) = 0:
-    #       A ẋ* = ∂_p grad ll · ṗ - Q̇ r + Q ṁ,
-    #    one more solve with A's (cached) factor, through lax.custom_linear_solve so that
-    #    JAX can transpose it for reverse mode. Every term is linear in the tangents; no
-    #    Newton step and no factorisation is differentiated.
+    #       d log|M| = Σ_k S_k Q̇_k + Σ_i S_ii Ẇ_i,
+    #    where S = M^-1, or with a null space V the constrained covariance
+    #    S = M^-1 - Z C^-1 Z' (Z = M^-1 V, C = V' Z) on the same entries (this is also
+    #    d log|U' M U|); Ẇ = ∂_x W · ẋ* + ∂_p W · ṗ (one JVP of the W diagonal), and
+    #    ẋ* = ṁ + ṙ* from the implicit function theorem on the stationarity condition,
+    #       ṙ* = S (∂_p grad ll · ṗ - Q̇ r - W ṁ),
+    #    one more solve with M's (cached) factor, through lax.custom_linear_solve so
+    #    that JAX can transpose it for reverse mode. Every term is linear in the
+    #    tangents; no Newton step and no factorisation is differentiated.
     @value_core.defjvp
     def value_jvp(primals, tangents):
         theta0, params = primals
@@ -374,22 +480,30 @@ def _build(ll, pattern: Pattern, rtol, atol, max_steps, on_failure, with_logdet_
         _, m, p = params
         value, q, w = value_at(ok, x_lin, params)
         r = x_lin - m
-        Qr = pattern.matvec(q, r)
+        g_ll = jax.grad(ll)(x_lin, p)
         _, gp_dot = jax.jvp(lambda pp: jax.grad(ll)(x_lin, pp), (p,), (p_dot,))
-        rhs = gp_dot - pattern.matvec(q_dot, r) + pattern.matvec(q, m_dot)
-        x_dot = lax.custom_linear_solve(
+        rhs = gp_dot - pattern.matvec(q_dot, r) - w * m_dot
+        r_dot = lax.custom_linear_solve(
             lambda v: pattern.matvec(q, v) + w * v,
             rhs,
             lambda _matvec, b: pattern.solve(q, w, b),
             symmetric=True,
         )
-        _, ll_dot = jax.jvp(lambda pp: ll(x_lin, pp), (p,), (p_dot,))
-        psi_dot = ll_dot - 0.5 * pattern.quad(q_dot, r, r) + jnp.vdot(Qr, m_dot)
-        _, w_dot = jax.jvp(lambda xx, pp: _w_diag(ll, xx, pp), (x_lin, p), (x_dot, p_dot))
-        z_a = lax.stop_gradient(pattern.selinv(q, w))
+        z_m = lax.stop_gradient(pattern.selinv(q, w))
         nnz = pattern.nnz
-        logdet_a_dot = jnp.vdot(z_a[:nnz], q_dot) + jnp.vdot(z_a[nnz:], w_dot)
-        value_dot = psi_dot - 0.5 * logdet_a_dot
+        s_q, s_diag = z_m[:nnz], z_m[nnz:]
+        if null is not None:
+            Z, C = lax.stop_gradient(_constraint_solves(pattern, null, q, w))
+            ZC = Z @ jnp.linalg.inv(C)
+            r_dot = r_dot - ZC @ (Z.T @ rhs)
+            s_q = s_q - jnp.sum(ZC[pattern.rows] * Z[pattern.cols], axis=1)
+            s_diag = s_diag - jnp.sum(ZC * Z, axis=1)
+        x_dot = m_dot + r_dot
+        _, ll_dot = jax.jvp(lambda pp: ll(x_lin, pp), (p,), (p_dot,))
+        psi_dot = ll_dot + jnp.vdot(g_ll, m_dot) - 0.5 * pattern.quad(q_dot, r, r)
+        _, w_dot = jax.jvp(lambda xx, pp: _w_diag(ll, xx, pp), (x_lin, p), (x_dot, p_dot))
+        logdet_m_dot = jnp.vdot(s_q, q_dot) + jnp.vdot(s_diag, w_dot)
+        value_dot = psi_dot - 0.5 * logdet_m_dot
         if with_logdet_q:
             z_q = lax.stop_gradient(pattern.selinv(q))
             value_dot = value_dot + 0.5 * jnp.vdot(z_q, q_dot)
@@ -419,7 +533,7 @@ def _setup(where, log_likelihood, precision, theta0, args, mean, solver, full_ou
             f"atol=..., max_steps=...), which configures the sparse Newton iteration; got "
             f"{type(solver).__name__}."
         )
-    pattern, q, log_det = _pattern(where, precision)
+    pattern, q, log_det, null = _pattern(where, precision)
     theta0 = _as_float_array(theta0, "theta0", where)
     n = pattern.n
     if theta0.shape != (n,):
@@ -452,9 +566,10 @@ def _setup(where, log_likelihood, precision, theta0, args, mean, solver, full_ou
         if key not in _CHECKED:
             _check_separable(where, ll, theta0, (args, consts))
             _CHECKED.put(key, True)
-        _check_positive_definite(where, pattern, q)
+        if null is None:
+            _check_positive_definite(where, pattern, q)
     own = log_det is None
-    options = (rtol, atol, solver.max_steps, on_failure, own)
+    options = (null, rtol, atol, solver.max_steps, on_failure, own)
     core = _CACHE.get_or_build(
         (*key, pattern, jnp.dtype(dtype), *options), lambda: _build(ll, pattern, *options)
     )
@@ -663,18 +778,26 @@ def gmrf_latent_draws(
     (_, posterior_core), solver, theta0, params, _ = _setup(
         where, log_likelihood, precision, theta0, args, mean, solver, full_output, on_failure
     )
-    pattern = _pattern(where, precision)[0]
+    pattern, _, _, null = _pattern(where, precision)
     x, info, q, w = posterior_core(theta0, params)
     finish(where, solver, info, on_failure)
-    draws = _draw(pattern, key, x, q, w, int(num_draws))
+    draws = _draw(pattern, null, key, x, q, w, int(num_draws))
     if full_output:
-        variance = jnp.where(jnp.all(jnp.isfinite(x)), pattern.selinv(q, w)[pattern.nnz :], jnp.nan)
+        variance = pattern.selinv(q, w)[pattern.nnz :]
+        if null is not None:  # the constrained field's: M^-1 - Z C^-1 Z' on the diagonal
+            Z, C = _constraint_solves(pattern, null, q, w)
+            variance = variance - jnp.sum((Z @ jnp.linalg.inv(C)) * Z, axis=1)
+        variance = jnp.where(jnp.all(jnp.isfinite(x)), variance, jnp.nan)
         return draws, SparseLatentPosterior(mean=x, variance=variance, info=info)
     return draws
 
 
-def _draw(pattern: Pattern, key, x, q, w, num_draws: int):
-    """``num_draws`` draws of ``N(x, (Q + diag(w))^-1)``, one factorisation."""
+def _draw(pattern: Pattern, null, key, x, q, w, num_draws: int):
+    """``num_draws`` draws of ``N(x, (Q + diag(w))^-1)``, one factorisation.
+
+    With a null space ``V`` each draw is corrected onto ``V' eta = 0`` by kriging,
+    ``eta - Z C^-1 V' eta``, which makes it a draw of the constrained Gaussian.
+    """
     import sparsax
 
     if num_draws == 0:
@@ -682,6 +805,10 @@ def _draw(pattern: Pattern, key, x, q, w, num_draws: int):
     z = jax.random.normal(key, (pattern.n, num_draws), x.dtype)
     values = jnp.concatenate([q, w])
     eta, _ = sparsax.sample_gaussian(pattern.a_rows, pattern.a_cols, values, jnp.zeros_like(z), z)
+    if null is not None:
+        Z, C = _constraint_solves(pattern, null, q, w)
+        V = jnp.asarray(null.basis, x.dtype)
+        eta = eta - Z @ jnp.linalg.solve(C, V.T @ eta)
     return x[None, :] + eta.T
 
 
@@ -747,6 +874,222 @@ def ar1(n: int, rho, tau) -> Precision:
     values = tau / (1.0 - rho**2) * jnp.concatenate([diag, off, off])
     log_det = n * jnp.log(tau) - (n - 1) * jnp.log1p(-(rho**2))
     return Precision(values, _ar1_pattern(n), n, log_det=log_det)
+
+
+def _banded_logdet(D):
+    """``log|D D'|`` for a sparse difference matrix ``D`` with full row rank (SuperLU)."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    lu = splu(sp.csc_matrix(D @ D.T))
+    return float(np.sum(np.log(np.abs(lu.U.diagonal()))))
+
+
+@lru_cache(maxsize=16)
+def _random_walk_pieces(n: int, order: int):
+    """Pattern, structure values, null space and ``log|R|*`` of ``R = D' D``."""
+    import scipy.sparse as sp
+
+    D = sp.eye(n, format="csr")
+    for _ in range(order):
+        D = (D[1:] - D[:-1]).tocsr()
+    R = (D.T @ D).tocoo()
+    R.sum_duplicates()
+    keys = np.sort(R.row.astype(np.int64) * n + R.col)
+    dense_index = {int(k): i for i, k in enumerate(keys)}
+    values = np.zeros(keys.size)
+    for i, j, v in zip(R.row, R.col, R.data, strict=True):
+        values[dense_index[int(i) * n + int(j)]] += v
+    values.flags.writeable = False
+    t = np.arange(n, dtype=float) - (n - 1) / 2
+    basis = np.stack([np.ones(n), t], axis=1)[:, :order]
+    pattern = Pattern(keys // n, keys % n, n)
+    return pattern, values, NullSpace(basis), _banded_logdet(D)
+
+
+def _random_walk(where, n, tau, order):
+    n = _size(where, "n", n)
+    if n <= order:
+        raise ValueError(f"{where}: n must be at least {order + 1}, got {n}.")
+    tau = _scalar(where, "tau", tau)
+    pattern, values, null, log_det_r = _random_walk_pieces(n, order)
+    log_det = (n - order) * jnp.log(tau) + log_det_r
+    return Precision(tau * values, pattern, n, log_det=log_det, null_space=null)
+
+
+def rw1(n: int, tau) -> Precision:
+    """Precision of a first-order random walk, constrained to sum to zero.
+
+    ``x_{t+1} - x_t ~ N(0, 1/tau)`` (INLA's ``"rw1"``): ``Q = tau D' D`` with ``D`` the
+    first-difference matrix, singular along the constant vector. The field is constrained
+    to ``sum(x - mean) = 0``, exactly (put a level in ``mean``); the generalised
+    log-determinant is ``(n - 1) log tau + log n``.
+
+    Parameters
+    ----------
+    n : int
+        Length of the series (at least 2).
+    tau : float scalar
+        Precision of the increments (> 0); may be traced.
+
+    Returns
+    -------
+    Precision
+        ``(n, n)``, tridiagonal, with its null space and ``log_det``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mcmc_customgrad as mcg
+    >>> Q = mcg.gmrf.rw1(5, 2.0)
+    >>> np.asarray(Q.todense())[1].tolist()
+    [-2.0, 4.0, -2.0, 0.0, 0.0]
+    >>> bool(np.isclose(Q.log_det, 4 * np.log(2.0) + np.log(5.0), rtol=1e-12))
+    True
+    """
+    return _random_walk("mcg.gmrf.rw1", n, tau, 1)
+
+
+def rw2(n: int, tau) -> Precision:
+    """Precision of a second-order random walk, constrained to no level and no trend.
+
+    ``x_{t+1} - 2 x_t + x_{t-1} ~ N(0, 1/tau)`` (INLA's ``"rw2"``): ``Q = tau D' D``
+    with ``D`` the second-difference matrix, singular along constants and linear trends.
+    The field is constrained to have neither, ``sum(x - mean) = 0`` and
+    ``sum(t (x - mean)) = 0``, exactly: give the level and the slope their own
+    parameters (in ``mean``). The generalised log-determinant is
+    ``(n - 2) log tau + log|D D'|``.
+
+    Parameters
+    ----------
+    n : int
+        Length of the series (at least 3).
+    tau : float scalar
+        Precision of the second differences (> 0); may be traced.
+
+    Returns
+    -------
+    Precision
+        ``(n, n)``, pentadiagonal, with its null space and ``log_det``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mcmc_customgrad as mcg
+    >>> np.asarray(mcg.gmrf.rw2(6, 1.0).todense())[2].tolist()
+    [1.0, -4.0, 6.0, -4.0, 1.0, 0.0]
+    """
+    return _random_walk("mcg.gmrf.rw2", n, tau, 2)
+
+
+@lru_cache(maxsize=8)
+def _icar_pieces(key):
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import splu
+
+    n, edges = key
+    a, b = np.asarray(edges, np.int64).T
+    adjacency = sp.coo_matrix((np.ones(a.size), (a, b)), shape=(n, n)).tocsr()
+    adjacency = ((adjacency + adjacency.T) > 0).astype(float)
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    R = (sp.diags(degree) - adjacency).tocoo()
+    R.sum_duplicates()
+    keys = np.sort(R.row.astype(np.int64) * n + R.col)
+    order = np.argsort(R.row.astype(np.int64) * n + R.col)
+    values = np.asarray(R.data, float)[order]
+    values.flags.writeable = False
+    count, labels = connected_components(adjacency, directed=False)
+    basis = np.stack([(labels == c).astype(float) for c in range(count)], axis=1)
+    # Matrix-tree theorem, per connected part: the product of the non-zero eigenvalues
+    # of its Laplacian is its size times the determinant of any reduced Laplacian.
+    R = R.tocsr()
+    log_det = 0.0
+    for c in range(count):
+        nodes = np.flatnonzero(labels == c)
+        log_det += np.log(nodes.size)
+        if nodes.size > 1:
+            reduced = R[nodes[1:]][:, nodes[1:]]
+            lu = splu(sp.csc_matrix(reduced))
+            log_det += float(np.sum(np.log(np.abs(lu.U.diagonal()))))
+    return Pattern(keys // n, keys % n, n), values, NullSpace(basis), log_det, count
+
+
+def icar(adjacency, tau) -> Precision:
+    """Precision of an intrinsic CAR field on a graph (areas and their neighbours).
+
+    ``x_i | x_-i ~ N(mean of the neighbours, 1 / (tau d_i))`` (Besag's ICAR, INLA's
+    ``"besag"``): ``Q = tau (D - A)``, the graph Laplacian scaled by ``tau``, singular
+    along the constant vector of each connected part of the graph. The field is
+    constrained to sum to zero on each part, exactly; the generalised log-determinant is
+    ``(n - c) log tau + log|D - A|*`` for ``c`` parts (matrix-tree theorem).
+
+    Parameters
+    ----------
+    adjacency : (n, n) array or (m, 2) int array
+        The graph: a symmetric 0/1 adjacency matrix (NumPy or SciPy sparse), or an edge
+        list of index pairs (each edge once or twice). Concrete. Every area needs a
+        neighbour: an isolated one has no ICAR prior (use a proper prior for it).
+    tau : float scalar
+        Precision (> 0); may be traced.
+
+    Returns
+    -------
+    Precision
+        ``(n, n)``, one entry per area and per neighbour, with the null space and
+        ``log_det``.
+
+    Examples
+    --------
+    A 2 x 2 lattice (a four-cycle):
+
+    >>> import numpy as np
+    >>> import mcmc_customgrad as mcg
+    >>> Q = mcg.gmrf.icar(np.array([[0, 1], [1, 3], [3, 2], [2, 0]]), 1.0)
+    >>> np.asarray(Q.todense()).tolist()[0]
+    [2.0, -1.0, -1.0, 0.0]
+    >>> round(float(Q.log_det), 6)  # log(4 spanning trees x 4 nodes)
+    2.772589
+    """
+    where = "mcg.gmrf.icar"
+    import scipy.sparse as sp
+
+    if sp.issparse(adjacency) or (np.ndim(adjacency) == 2 and np.shape(adjacency)[1] != 2):
+        A = sp.coo_matrix(adjacency)
+        if A.shape[0] != A.shape[1]:
+            raise ValueError(f"{where}: adjacency must be square, got {A.shape}.")
+        n = A.shape[0]
+        mask = (A.data != 0) & (A.row != A.col)
+        edges = np.stack([A.row[mask], A.col[mask]], 1)
+        if not np.array_equal(
+            np.sort(A.row[mask] * n + A.col[mask]), np.sort(A.col[mask] * n + A.row[mask])
+        ):
+            raise ValueError(f"{where}: the adjacency matrix must be symmetric.")
+    else:
+        edges = np.asarray(adjacency)
+        if edges.ndim != 2 or edges.shape[1] != 2 or not np.issubdtype(edges.dtype, np.integer):
+            raise ValueError(
+                f"{where}: adjacency must be an (n, n) matrix or an (m, 2) integer edge "
+                f"list, got shape {np.shape(adjacency)}."
+            )
+        if edges.size and edges.min() < 0:
+            raise ValueError(f"{where}: edge indices must be >= 0.")
+        edges = edges[edges[:, 0] != edges[:, 1]]
+        n = int(edges.max()) + 1 if edges.size else 0
+    if n < 2 or edges.size == 0:
+        raise ValueError(f"{where}: the graph needs at least two areas and one edge.")
+    degree = np.bincount(edges.ravel(), minlength=n)
+    if np.any(degree == 0):
+        isolated = np.flatnonzero(degree == 0)[:5].tolist()
+        raise ValueError(
+            f"{where}: areas {isolated} have no neighbours; an ICAR prior says nothing "
+            "about an isolated area. Connect it, or give it a proper prior of its own."
+        )
+    tau = _scalar(where, "tau", tau)
+    key = (n, tuple(map(tuple, np.unique(np.sort(edges, axis=1), axis=0).tolist())))
+    pattern, values, null, log_det_r, count = _icar_pieces(key)
+    log_det = (n - count) * jnp.log(tau) + log_det_r
+    return Precision(tau * values, pattern, n, log_det=log_det, null_space=null)
 
 
 def _grid_laplacian(shape):

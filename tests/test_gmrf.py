@@ -155,6 +155,111 @@ def test_check_gradients_passes_on_a_gmrf_density():
     assert report.passed, str(report)
 
 
+# ------------------------------------------------------------ intrinsic priors, constrained
+
+
+def _ring_with_chord(n):
+    return np.array([[i, (i + 1) % n] for i in range(n)] + [[0, n // 2]])
+
+
+INTRINSIC = {
+    "rw1": (lambda h, n: mcg.gmrf.rw1(n, jnp.exp(h[0])), 30),
+    "rw2": (lambda h, n: mcg.gmrf.rw2(n, jnp.exp(h[0])), 30),
+    "icar": (lambda h, n: mcg.gmrf.icar(_ring_with_chord(n), jnp.exp(h[0])), 20),
+    # two connected parts: one sum-to-zero constraint each
+    "icar_two_parts": (
+        lambda h, n: mcg.gmrf.icar(
+            np.concatenate([_ring_with_chord(n // 2), n // 2 + _ring_with_chord(n // 2)]),
+            jnp.exp(h[0]),
+        ),
+        20,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INTRINSIC))
+def test_intrinsic_priors_are_exact_under_their_constraints(name):
+    # The constrained intrinsic field has covariance pinv(Q): with a Gaussian likelihood
+    # the marginal is log N(y; mean, pinv(Q) + sigma^2 I), exactly.
+    build, n = INTRINSIC[name]
+    y = jnp.asarray(RNG.normal(size=n))
+
+    def sparse(h):
+        return mcg.gmrf_log_marginal(
+            gaussian(y), build(h, n), jnp.zeros(n), jnp.exp(h[1]), mean=h[2]
+        )
+
+    def exact(h):
+        C = jnp.linalg.pinv(build(h, n).todense(), hermitian=True) + jnp.exp(2 * h[1]) * jnp.eye(n)
+        return multivariate_normal.logpdf(y, jnp.full(n, h[2]), C)
+
+    h = jnp.array([0.3, -0.4, 0.2])
+    v, g = jax.value_and_grad(sparse)(h)
+    v_ref, g_ref = jax.value_and_grad(exact)(h)
+    assert abs(float(v - v_ref)) <= 1e-8 * abs(float(v_ref))
+    np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-10 * float(jnp.abs(g_ref).max()))
+
+
+@pytest.mark.parametrize("name", sorted(INTRINSIC))
+def test_intrinsic_priors_agree_with_the_dense_path_on_counts(name):
+    build, n = INTRINSIC[name]
+    ll = poisson(jnp.asarray(RNG.poisson(2.0, n)))
+
+    def sparse(h):
+        return mcg.gmrf_log_marginal(ll, build(h, n), jnp.zeros(n), mean=h[1])
+
+    def dense(h):
+        cov = jnp.linalg.pinv(build(h, n).todense(), hermitian=True)
+        return latent_gaussian_log_marginal(ll, cov, jnp.zeros(n), mean=h[1])
+
+    h = jnp.array([0.5, 0.6])
+    v, g = jax.value_and_grad(sparse)(h)
+    v_ref, g_ref = jax.value_and_grad(dense)(h)
+    assert abs(float(v - v_ref)) <= 1e-8 * abs(float(v_ref))
+    np.testing.assert_allclose(g, g_ref, rtol=1e-7)
+    draws, post = mcg.gmrf_latent_draws(
+        jax.random.key(1),
+        ll,
+        build(h, n),
+        jnp.zeros(n),
+        mean=h[1],
+        num_draws=4,
+        full_output=True,
+    )
+    # Every draw, and the mode, satisfies the constraints: V' (x - mean) = 0.
+    V = build(h, n).null_space.basis
+    assert np.abs(V.T @ (np.asarray(draws) - 0.6).T).max() < 1e-8
+    assert np.abs(V.T @ (np.asarray(post.mean) - 0.6)).max() < 1e-10
+
+
+def test_intrinsic_builder_errors():
+    with pytest.raises(ValueError, match=r"areas \[3\] have no neighbours"):
+        mcg.gmrf.icar(np.array([[0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]), 1.0)
+    with pytest.raises(ValueError, match="n must be at least 3"):
+        mcg.gmrf.rw2(2, 1.0)
+    with pytest.raises(ValueError, match="symmetric"):
+        mcg.gmrf.icar(np.array([[0, 1, 0], [0, 0, 1], [0, 1, 0]]), 1.0)
+    idx = np.array([[0, 0], [1, 1], [0, 1], [1, 0]])
+    values = jnp.array([1.0, 1.0, -1.0, -1.0])
+    with pytest.raises(ValueError, match="needs log_det"):
+        mcg.gmrf.Precision(values, idx, 2, null_space=np.ones(2))
+    with pytest.raises(ValueError, match=r"null_space must have shape \(2, k\) with k < 2"):
+        mcg.gmrf.Precision(values, idx, 2, log_det=0.0, null_space=np.ones((2, 2)))
+    three = mcg.gmrf.rw1(3, 1.0)
+    with pytest.raises(ValueError, match="linearly dependent columns"):
+        mcg.gmrf.Precision(three.data, three.pattern, 3, log_det=0.0, null_space=np.ones((3, 2)))
+
+
+def test_icar_takes_a_matrix_or_an_edge_list():
+    edges = _ring_with_chord(6)
+    A = np.zeros((6, 6))
+    A[edges[:, 0], edges[:, 1]] = A[edges[:, 1], edges[:, 0]] = 1
+    Q1, Q2 = mcg.gmrf.icar(edges, 2.0), mcg.gmrf.icar(A, 2.0)
+    np.testing.assert_array_equal(np.asarray(Q1.todense()), np.asarray(Q2.todense()))
+    lam = np.linalg.eigvalsh(np.asarray(Q1.todense()))
+    assert float(Q1.log_det) == pytest.approx(np.sum(np.log(lam[1:])), rel=1e-12)
+
+
 # ------------------------------------------------------------------------- latent draws
 
 
