@@ -4,18 +4,20 @@
     python benchmarks/bench_gmrf.py --quick      # smoke test (small sizes only)
     python benchmarks/bench_gmrf.py --nuts 1000  # adds NUTS on a 10^4-latent model
 
-Models: Poisson counts with a latent log-rate ``x``, ``y_i ~ Poisson(exp(mu + x_i))``,
-and a GMRF prior on ``x``: a 1-D AR(1) series (``mcg.gmrf.ar1``, n = 10^3, 10^4, 10^5)
-and the SPDE Matern field on 2-D grids (``mcg.gmrf.matern_grid``, 100 x 100 and
-300 x 300). Per configuration, in a fresh subprocess (so that its peak memory is its
-own): the compile time, the time of ``jit(value_and_grad)`` in the three
-hyperparameters after compilation (median of calls at distinct points), the peak
-resident memory of the first call above the memory before it, the Newton step count at
-the mode, and the *floor*: one sparse Cholesky factorisation of ``Q + W`` plus its
-selected inverse (``sparsax.logdet`` and ``sparsax.selinv`` at fresh values), the least
-any exact gradient of the marginal costs. Where it fits, today's dense path
-(``mcg.latent_gaussian_log_marginal``, with the AR(1) covariance ``rho^|s - t| / tau``
-in closed form) runs on the same data: its time and the ratio dense / sparse.
+Models: Poisson counts with a latent log-rate ``x``, ``y_i ~ Poisson(exp(x_i))``, and a
+GMRF prior on ``x`` with mean ``mu``: a 1-D AR(1) series (``mcg.gmrf.ar1``, n = 10^3,
+2 x 10^3, 10^4, 10^5), a second-order random walk with its two constraints
+(``mcg.gmrf.rw2``, n = 10^4, 10^5), and the SPDE Matern field on 2-D grids
+(``mcg.gmrf.matern_grid``, 100 x 100 and 300 x 300). Per configuration, in a fresh
+subprocess (so that its peak memory is its own): the compile time; the time of
+``jit(value_and_grad)`` in the three hyperparameters after compilation (median of
+calls at distinct points); the peak resident memory of the first call above the memory
+before it; the Newton step count at the mode; and the *floor*: one sparse Cholesky
+factorisation of ``Q + W`` plus its selected inverse (``sparsax.logdet`` and
+``sparsax.selinv`` at fresh values), the least any exact gradient of the marginal
+costs. Where it fits, today's dense path (``mcg.latent_gaussian_log_marginal``, with
+the AR(1) covariance ``rho^|s - t| / tau`` in closed form) runs on the same data: its
+time and the ratio dense / sparse.
 
 ``--nuts N`` samples the hyperparameters ``(rho, tau, mu)`` of the 10^4-latent AR(1)
 model with ``mcg.sample`` (4 vectorized chains, N warmup steps and N draws) and reports
@@ -57,17 +59,23 @@ def _counts(n, seed=0):
 
 
 def sparse_fn(kind, size):
-    n = size if kind == "ar1" else size[0] * size[1]
+    n = size if isinstance(size, int) else size[0] * size[1]
     ll = poisson(_counts(n))
 
     def f(h):
-        if kind == "ar1":
-            Q = mcg.gmrf.ar1(n, jnp.tanh(h[0]), jnp.exp(h[1]))
-        else:
-            Q = mcg.gmrf.matern_grid(tuple(size), jnp.exp(h[0] - 2.0), jnp.exp(h[1]))
-        return mcg.gmrf_log_marginal(ll, Q, jnp.zeros(n), mean=h[2], full_output=True)
+        return mcg.gmrf_log_marginal(
+            ll, _precision(kind, size, h), jnp.zeros(n), mean=h[2], full_output=True
+        )
 
     return f, n, ll
+
+
+def _precision(kind, size, h):
+    if kind == "ar1":
+        return mcg.gmrf.ar1(size, jnp.tanh(h[0]), jnp.exp(h[1]))
+    if kind == "rw2":  # h[0] unused
+        return mcg.gmrf.rw2(size, jnp.exp(h[1] + 6.0 + 0.0 * h[0]))
+    return mcg.gmrf.matern_grid(tuple(size), jnp.exp(h[0] - 2.0), jnp.exp(h[1]))
 
 
 def dense_fn(n):
@@ -143,10 +151,7 @@ def run_config(spec):
 
     # The floor: Q + W at the mode, factorised and selected-inverted at fresh values.
     h = jnp.asarray(H0)
-    if kind == "ar1":
-        Q = mcg.gmrf.ar1(n, jnp.tanh(h[0]), jnp.exp(h[1]))
-    else:
-        Q = mcg.gmrf.matern_grid(tuple(size), jnp.exp(h[0] - 2.0), jnp.exp(h[1]))
+    Q = _precision(kind, size, h)
     _, post = mcg.gmrf_latent_draws(
         jax.random.key(0), ll, Q, jnp.zeros(n), mean=h[2], num_draws=0, full_output=True
     )
@@ -244,7 +249,8 @@ def main():
         sparse = [("ar1", 1000), ("ar1", 10_000), ("matern", [30, 30])]
         dense = [1000]
     else:
-        sparse = [("ar1", 1000), ("ar1", 10_000), ("ar1", 100_000)]
+        sparse = [("ar1", 1000), ("ar1", 2000), ("ar1", 10_000), ("ar1", 100_000)]
+        sparse += [("rw2", 10_000), ("rw2", 100_000)]
         sparse += [("matern", [100, 100]), ("matern", [300, 300])]
         dense = [1000, 2000]
     print(f"# bench_gmrf ({platform.processor() or platform.machine()}, jax {jax.__version__})")
@@ -262,7 +268,9 @@ def main():
             continue
         d = dense_results.get(r["n"]) if kind == "ar1" else None
         dense_cells = f"{d['vg']:.4f} | {d['vg'] / r['vg']:.0f}x" if d and "vg" in d else "- | -"
-        label = "AR(1)" if kind == "ar1" else f"Matern {size[0]} x {size[1]}"
+        label = {"ar1": "AR(1)", "rw2": "RW2 (constrained)"}.get(kind) or (
+            f"Matern {size[0]} x {size[1]}"
+        )
         if not r["converged"]:
             label += f" (solve: {r['status']})"
         print(

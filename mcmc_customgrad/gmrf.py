@@ -16,8 +16,11 @@ areal models. No dense matrix is formed anywhere:
   ``A^-1`` only on ``A``'s own pattern: the selected inverse (Takahashi's recurrence on
   the Cholesky factor). No Newton iteration is differentiated.
 
-The precision builders (``mcg.gmrf.ar1``, ``mcg.gmrf.matern_grid``) return BCOO matrices
-whose values are functions of the hyperparameters, so gradients flow to those.
+The precision builders (``ar1``, ``rw1``, ``rw2``, ``icar``, ``matern_grid``) return
+:class:`Precision` matrices, BCOO matrices whose values are functions of the
+hyperparameters (gradients flow to those) and whose pattern stays static under ``jit``.
+The intrinsic ones (random walks, ICAR) carry their null space: the field is constrained
+to ``V' (x - mean) = 0`` exactly (INLA's conditioning by kriging), with no jitter.
 """
 
 from __future__ import annotations
@@ -632,7 +635,9 @@ def gmrf_log_marginal(
         ``Q``, ``(n, n)``, symmetric and positive definite, with both triangles stored.
         Its pattern (indices) must be static; its values may depend on the
         hyperparameters (derivatives flow to them). Build it with :func:`ar1`,
-        :func:`matern_grid`, or from your own indices.
+        :func:`rw1`, :func:`rw2`, :func:`icar`, :func:`matern_grid`, or as a
+        :class:`Precision` from your own indices. An intrinsic precision (with a
+        ``null_space``) constrains the field to ``V' (x - mean) = 0``.
     theta0 : (n,) float array
         Newton start (``jnp.zeros(n)`` is usual); no derivative flows to it.
     *args : pytrees of arrays

@@ -4,7 +4,8 @@
     python scripts/api_reference.py --check   # exit 1 if docs/api.md is out of date
 
 The public API is ``mcmc_customgrad.__all__`` and the ``__all__`` of its public
-submodules (``solvers``, ``linear``, ``laplace``, ``models``, ``diagnostics``, ``stable``).
+submodules (``solvers``, ``linear``, ``laplace``, ``gmrf``, ``models``, ``diagnostics``,
+``stable``).
 Each entry gets its signature and its numpy-style docstring turned into Markdown: section
 titles become bold lines, parameter entries a list, and the ``Examples`` section a
 ``pycon`` block (those examples run as doctests in ``tests/test_docs.py``, not as
@@ -36,6 +37,7 @@ SECTIONS = [
     ("Solvers", mcg.solvers, "mcg.solvers", None),
     ("Tangent (linear) solvers", mcg.linear, "mcg.linear", None),
     ("Laplace approximation", mcg.laplace, "mcg.laplace", None),
+    ("Sparse latent fields (GMRF)", mcg.gmrf, "mcg.gmrf", None),
     ("Models and parameters", mcg, "mcg", ["Model", "Constraint", "real", "positive", "interval"]),
     ("Sampling", mcg, "mcg", ["sample", "InitializationError", "CheckpointError", "clear_caches"]),
     ("Diagnostics", mcg.diagnostics, "mcg.diagnostics", None),
