@@ -193,3 +193,33 @@ def test_an_upward_import_is_caught(tmp_path):
     path.write_text("def f():\n    from ..diagnostics import summary\n")
     (target,) = _imports("mcmc_customgrad.logdensity.model", path, top_level_only=False)
     assert _layer(target) > _layer("mcmc_customgrad.logdensity.model")
+
+
+def _code_size():
+    import importlib.util
+
+    path = PACKAGE.parent / "scripts" / "code_size.py"
+    spec = importlib.util.spec_from_file_location("code_size", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_function_is_longer_than_the_rule():
+    # docs/contributing.md: no function over 150 code lines (docstring, comments and
+    # blank lines not counted); split a longer one into named steps.
+    size = _code_size()
+    long = [
+        f"{name}.{func} ({code} code lines)"
+        for name, path in MODULES.items()
+        for func, code, _ in size.long_functions(path.read_text(), size.MAX_FUNCTION_LINES)
+    ]
+    assert long == []
+
+
+def test_the_function_length_count_skips_docstrings_comments_and_blanks():
+    size = _code_size()
+    source = 'def f(x):\n    """Doc.\n\n    More.\n    """\n    # why\n\n    y = x\n    return y\n'
+    assert size.long_functions(source, 2) == [("f", 3, 9)]  # def, y = x, return
+    assert size.long_functions(source, 3) == []
+    assert size.code_lines(source) == 3

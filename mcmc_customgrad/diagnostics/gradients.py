@@ -603,6 +603,27 @@ class _Result:
         return row, failures
 
 
+def _checked_points(points, model, reference, num_points, seed):
+    """The points as a float ``(n, dim)`` array and where they came from, checked."""
+    x_all, source = _resolve_points(points, model, num_points, seed)
+    dim = model.dim if model is not None else x_all.shape[1]
+    if x_all.shape[1] != dim:
+        raise ValueError(
+            f"check_gradients: points have dimension {x_all.shape[1]}, expected {dim} (the "
+            "model's flat unconstrained vector; use model.to_unconstrained or pass an "
+            "InferenceData or a sampler of constrained dicts)."
+        )
+    if isinstance(reference, Model) and reference.dim != dim:
+        raise ValueError(
+            f"check_gradients: reference has dimension {reference.dim}, expected {dim} (the "
+            "dimension of fn and the points): both must use the same flat layout."
+        )
+    if not np.all(np.isfinite(x_all)):
+        bad = sorted({int(k) for k in np.nonzero(~np.isfinite(x_all))[0]})
+        raise ValueError(f"check_gradients: points {bad} have non-finite coordinates.")
+    return np.asarray(x_all, dtype=jnp.result_type(float)), source
+
+
 def _per_point(f, x_all, order, eps) -> dict:
     """Point by point: jitted and eager values and gradients, and finite differences.
 
@@ -894,24 +915,8 @@ def check_gradients(
     order, num_points = int(order), int(num_points)
     model = fn if isinstance(fn, Model) else None
 
-    x_all, source = _resolve_points(points, model, num_points, seed)
-    dim = model.dim if model is not None else x_all.shape[1]
-    if x_all.shape[1] != dim:
-        raise ValueError(
-            f"check_gradients: points have dimension {x_all.shape[1]}, expected {dim} (the "
-            "model's flat unconstrained vector; use model.to_unconstrained or pass an "
-            "InferenceData or a sampler of constrained dicts)."
-        )
-    if isinstance(reference, Model) and reference.dim != dim:
-        raise ValueError(
-            f"check_gradients: reference has dimension {reference.dim}, expected {dim} (the "
-            "dimension of fn and the points): both must use the same flat layout."
-        )
-    if not np.all(np.isfinite(x_all)):
-        bad = sorted({int(k) for k in np.nonzero(~np.isfinite(x_all))[0]})
-        raise ValueError(f"check_gradients: points {bad} have non-finite coordinates.")
-    dtype = jnp.result_type(float)
-    x_all = np.asarray(x_all, dtype=dtype)
+    x_all, source = _checked_points(points, model, reference, num_points, seed)
+    dim, dtype = x_all.shape[1], x_all.dtype
     eps = float(np.finfo(dtype).eps)
     _check_scalar(f, dim, dtype, "fn")
     if f_ref is not None:
@@ -926,12 +931,8 @@ def check_gradients(
     jit_v, jit_g, eager_v, eager_g = pp["jit_v"], pp["jit_g"], pp["eager_v"], pp["eager_g"]
     fd_grad, fd_hess = pp["fd_grad"], pp["fd_hess"]
     grad_allow, hess_allow = pp["grad_allow"], pp["hess_allow"]
-    again_v, again_g, eager0_v, eager0_g = (
-        pp["again_v"],
-        pp["again_g"],
-        pp["eager0_v"],
-        pp["eager0_g"],
-    )
+    again_v, again_g = pp["again_v"], pp["again_g"]
+    eager0_v, eager0_g = pp["eager0_v"], pp["eager0_g"]
 
     def result(name, tol):
         return _Result(name, tol, n, labels)
