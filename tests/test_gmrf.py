@@ -90,8 +90,10 @@ def _dense_pair(builder, arg, ll, extra):
     return sparse, dense
 
 
+# Every likelihood on AR(1) in the fast tier, and on the Matern grid in the slow one (its
+# Gaussian exactness and log-determinant tests cover the grid in the fast tier).
 @pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", ["ar1", pytest.param("matern", marks=pytest.mark.slow)])
 def test_agrees_with_the_dense_embedded_laplace(name, likelihood):
     builder, arg = BUILDERS[name]
     make, extra = LIKELIHOODS[likelihood]
@@ -177,7 +179,16 @@ INTRINSIC = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(INTRINSIC))
+# Each intrinsic prior is in the fast tier once, here or in the count test below.
+FAST_EXACT = ["rw2", "icar"]
+FAST_COUNTS = ["rw1", "icar_two_parts"]
+
+
+def _tiered(names, fast):
+    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", _tiered(sorted(INTRINSIC), FAST_EXACT))
 def test_intrinsic_priors_are_exact_under_their_constraints(name):
     # The constrained intrinsic field has covariance pinv(Q): with a Gaussian likelihood
     # the marginal is log N(y; mean, pinv(Q) + sigma^2 I), exactly.
@@ -200,7 +211,7 @@ def test_intrinsic_priors_are_exact_under_their_constraints(name):
     np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-10 * float(jnp.abs(g_ref).max()))
 
 
-@pytest.mark.parametrize("name", sorted(INTRINSIC))
+@pytest.mark.parametrize("name", _tiered(sorted(INTRINSIC), FAST_COUNTS))
 def test_intrinsic_priors_agree_with_the_dense_path_on_counts(name):
     build, n = INTRINSIC[name]
     ll = poisson(jnp.asarray(RNG.poisson(2.0, n)))

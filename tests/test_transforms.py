@@ -197,6 +197,10 @@ def test_grad_of_grad(name):
     )
 
 
+# Finite-difference checks of every second-order mode: slow tier (about 23 s cold). The
+# fast tier keeps second order through test_hessian and test_grad_of_grad, which compare
+# against the closed form.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", case_names)
 def test_check_grads_order_2(name):
     solve, _, theta, _ = CASES[name]
