@@ -615,10 +615,12 @@ def gmrf_log_marginal(
     ``r = x* - mean``, ``W = -diag(d^2 ll / dx^2)`` at the mode ``x*``. The derivatives in
     ``precision``'s values, ``mean`` and ``args`` (and values ``log_likelihood`` closes
     over) come from the envelope theorem, the implicit function theorem for the mode and
-    the selected inverses of ``Q`` and ``Q + W`` (their entries on the sparsity pattern,
-    by Takahashi's recurrence): no dense matrix and no differentiated iteration. Exact
-    (up to the tolerance) when the likelihood is Gaussian. Agrees with
-    :func:`~mcmc_customgrad.latent_gaussian_log_marginal` with ``cov = Q^-1``.
+    the selected inverse of ``Q + W`` (its entries on the sparsity pattern, by
+    Takahashi's recurrence; that of ``Q`` too, unless the precision carries ``log|Q|`` in
+    closed form, as the builders' do): no dense matrix and no differentiated iteration.
+    Exact (up to the tolerance) when the likelihood is Gaussian. Agrees with
+    :func:`~mcmc_customgrad.latent_gaussian_log_marginal` with ``cov = Q^-1``
+    (``pinv(Q)`` for an intrinsic prior under its constraints).
 
     Parameters
     ----------
@@ -669,8 +671,9 @@ def gmrf_log_marginal(
     Notes
     -----
     Time per call is a few sparse factorisations of ``Q + W`` (one per Newton step) and,
-    with the gradient, one selected inversion each of ``Q`` and ``Q + W``: for a 1-D
-    field ``O(n)``, for a 2-D grid about ``O(n^1.5)``. First derivatives only: second
+    with the gradient, one selected inversion of ``Q + W`` (and of ``Q`` without a
+    closed-form ``log|Q|``): for a 1-D field ``O(n)``; on a 2-D grid the selected
+    inversion dominates (``docs/benchmarks.md``). First derivatives only: second
     derivatives would differentiate the selected inverse, which ``sparsax`` does not.
     Under ``jit`` the precision must stay positive definite for every parameter value
     the sampler proposes (CHOLMOD raises, it cannot return NaN): constrain the
