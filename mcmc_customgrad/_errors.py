@@ -23,7 +23,7 @@ import jax
 
 from .implicit._base import SolverError
 
-__all__ = ["surface_solver_errors", "solver_error_from"]
+__all__ = ["surface_solver_errors", "solver_error_from", "factorisation_error_from"]
 
 _MARKER = "SolverError: "
 _LOGGER = "jax._src.debugging"
@@ -58,6 +58,46 @@ def solver_error_from(err: BaseException) -> SolverError | None:
     return SolverError(text[at + len(_MARKER) :].strip())
 
 
+_SPARSAX = "sparsax: "
+
+
+def factorisation_error_from(err: BaseException) -> SolverError | None:
+    r"""A :class:`SolverError` that explains a failed sparse factorisation, or None.
+
+    SuiteSparse (through ``sparsax``) cannot return NaN from inside a compiled program:
+    a matrix that is not positive definite (CHOLMOD) or is singular (KLU) stops the
+    whole program with an XLA runtime error. The drivers turn it into this error, which
+    says where such a matrix comes from and what to do.
+
+    Examples
+    --------
+    >>> from mcmc_customgrad._errors import factorisation_error_from
+    >>> err = RuntimeError("INTERNAL: sparsax: matrix is not positive definite (column 3)")
+    >>> print(str(factorisation_error_from(err)).splitlines()[0][-43:])
+    matrix is not positive definite (column 3).
+    >>> factorisation_error_from(RuntimeError("something else")) is None
+    True
+    """
+    text = str(err)
+    at = text.find(_SPARSAX)
+    if at < 0:
+        return None
+    reason = text[at + len(_SPARSAX) :].strip().splitlines()[0].rstrip(".")
+    return SolverError(
+        f"a sparse factorisation failed inside the compiled program: {reason}.\n"
+        "SuiteSparse cannot return NaN there, so the run stopped. The matrix came from "
+        "parameter values where it is not positive definite (or is singular) in floating "
+        "point:\n"
+        "- mcg.gmrf_log_marginal: the precision Q at some proposal. The mcg.gmrf builders "
+        "give NaN (a rejected proposal) outside their hyperparameters' range; a "
+        "precision of your own should too (jnp.where(valid, values, jnp.nan)), and "
+        "priors or transforms should keep the hyperparameters where Q is well "
+        "conditioned.\n"
+        "- mcg.linear.Sparse(method='cholesky'): the Jacobian is not symmetric positive "
+        "definite at some point; use method='lu'."
+    )
+
+
 @contextlib.contextmanager
 def _surfacing():
     logger = logging.getLogger(_LOGGER)
@@ -66,7 +106,14 @@ def _surfacing():
     try:
         yield
     except jax.errors.JaxRuntimeError as err:
-        solver_error = solver_error_from(err)
+        solver_error = solver_error_from(err) or factorisation_error_from(err)
+        if solver_error is None:
+            raise
+        raise solver_error from None
+    except ValueError as err:
+        # An FFI error raised while the program is dispatched (not when its result is
+        # awaited) comes as a ValueError with the same text.
+        solver_error = factorisation_error_from(err)
         if solver_error is None:
             raise
         raise solver_error from None

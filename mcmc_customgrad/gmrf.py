@@ -16,11 +16,12 @@ areal models. No dense matrix is formed anywhere:
   ``A^-1`` only on ``A``'s own pattern: the selected inverse (Takahashi's recurrence on
   the Cholesky factor). No Newton iteration is differentiated.
 
-The precision builders (``ar1``, ``rw1``, ``rw2``, ``icar``, ``matern_grid``) return
+The precision builders (``ar1``, ``rw1``, ``rw2``, ``icar``, ``bym2``, ``matern_grid``) return
 :class:`Precision` matrices, BCOO matrices whose values are functions of the
 hyperparameters (gradients flow to those) and whose pattern stays static under ``jit``.
-The intrinsic ones (random walks, ICAR) carry their null space: the field is constrained
-to ``V' (x - mean) = 0`` exactly (INLA's conditioning by kriging), with no jitter.
+The intrinsic ones (random walks, ICAR, BYM2) carry their constraints: the field is
+constrained to ``V' (x - mean) = 0`` exactly (INLA's conditioning by kriging), with no
+jitter.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from jax import lax
 from jax.experimental import sparse as jsparse
 
 from .caches import LRU, lru_cache
-from .implicit._base import SolverInfo, max_norm
+from .implicit._base import SolverInfo, Status, max_norm
 from .implicit._linesearch import backtrack
 from .implicit.linear import _sparse_solve
 from .implicit.newton import Newton
@@ -62,6 +63,8 @@ __all__ = [
     "rw1",
     "rw2",
     "icar",
+    "bym2",
+    "BYM2_PHI_MARGIN",
     "matern_grid",
 ]
 
@@ -87,6 +90,9 @@ class Pattern:
         self.a_cols = np.concatenate([self.cols, diag])
         digest = hashlib.sha256(self.rows.tobytes() + self.cols.tobytes()).hexdigest()
         self._key = (self.n, self.rows.size, digest)
+        on_diagonal = self.rows == self.cols
+        self.diagonal_at = np.flatnonzero(on_diagonal)
+        self.diagonal_rows = self.rows[on_diagonal]
 
     @classmethod
     def checked(cls, where: str, indices, n: int) -> Pattern:
@@ -130,37 +136,72 @@ class Pattern:
         """``u' Q v``."""
         return jnp.sum(q * u[self.rows] * v[self.cols])
 
+    def diagonal(self, q):
+        """The diagonal of ``Q`` (zero where the pattern has no diagonal entry)."""
+        return jnp.zeros(self.n, q.dtype).at[self.diagonal_rows].add(q[self.diagonal_at])
+
+    def shifted(self, q, w):
+        """The values of ``M = Q + diag(w)`` to factorise: ``M + delta``, ``delta`` ~ rounding.
+
+        ``delta_i = SHIFT eps |M_ii|``, the size of the rounding errors of a Cholesky
+        factorisation in column ``i``. An intrinsic ``Q`` plus a ``W`` that is tiny where
+        the likelihood is flat (a Poisson rate of ``e^-30``) is positive definite in
+        exact arithmetic but may not be in float64, and CHOLMOD would stop the whole
+        compiled program there; shifted, it factorises. The shift is at the rounding
+        level of the factorisation itself: the log-determinants and the selected
+        inverse change by ``delta tr(M^-1)``, and solves are refined against the exact
+        ``M`` (:meth:`solve`).
+        """
+        eps = jnp.finfo(q.dtype).eps
+        delta = _SHIFT * eps * jnp.abs(self.diagonal(q) + w)
+        values = jnp.concatenate([q, w + delta])
+        # Non-finite values (an overflowing W at a failed iterate) would stop the
+        # program in CHOLMOD: the identity instead; the caller's result is masked there.
+        identity = np.concatenate([np.zeros(self.nnz), np.ones(self.n)])
+        return jnp.where(jnp.all(jnp.isfinite(values)), values, identity)
+
     def solve(self, q, w, b):
-        """``(Q + diag(w))^-1 b`` by a sparse Cholesky factorisation."""
-        return _sparse_solve(self.a_rows, self.a_cols, jnp.concatenate([q, w]), b, cholesky=True)
+        """``(Q + diag(w))^-1 b`` by a sparse Cholesky factorisation, refined once.
+
+        The factorisation is of the :meth:`shifted` matrix; one step of iterative
+        refinement against the exact one (a matvec and a solve with the cached factor)
+        removes the shift's effect and brings the error from ``eps cond(M)`` to about
+        ``eps`` relative to ``|b|``, which Newton needs where ``Q`` is stiff (entries of
+        1e6 that cancel, as BYM2's as ``phi -> 1``).
+        """
+        values = self.shifted(q, w)
+        x = _sparse_solve(self.a_rows, self.a_cols, values, b, cholesky=True)
+        residual = b - self.matvec(q, x) - w * x
+        return x + _sparse_solve(self.a_rows, self.a_cols, values, residual, cholesky=True)
 
     def logdet(self, q, w=None):
-        """``log|Q|`` or ``log|Q + diag(w)|``."""
+        """``log|Q|`` or ``log|Q + diag(w)|`` (of the :meth:`shifted` matrix)."""
         import sparsax
 
         if w is None:
             return sparsax.logdet(self.rows, self.cols, q, self.n)
-        return sparsax.logdet(self.a_rows, self.a_cols, jnp.concatenate([q, w]), self.n)
+        return sparsax.logdet(self.a_rows, self.a_cols, self.shifted(q, w), self.n)
 
     def selinv(self, q, w=None):
         """The selected inverse: ``A^-1`` on ``A``'s pattern, ``A = Q`` or ``Q + diag(w)``.
 
-        With ``w``, the first :attr:`nnz` entries are on ``Q``'s pattern and the last
-        ``n`` are the diagonal.
+        With ``w`` (``A`` the :meth:`shifted` matrix), the first :attr:`nnz` entries are
+        on ``Q``'s pattern and the last ``n`` are the diagonal.
         """
         import sparsax
 
         if w is None:
             return sparsax.selinv(self.rows, self.cols, q, self.n)
-        return sparsax.selinv(self.a_rows, self.a_cols, jnp.concatenate([q, w]), self.n)
+        return sparsax.selinv(self.a_rows, self.a_cols, self.shifted(q, w), self.n)
 
 
 class NullSpace:
-    """A basis ``V`` (``(n, k)``, concrete) of an intrinsic precision's null space.
+    """The constraint directions ``V`` (``(n, k)``, concrete) of an intrinsic precision.
 
     The field is constrained to ``V' (x - mean) = 0`` (for a random walk or an ICAR
-    prior: the field sums to zero on each connected part), the exact treatment INLA
-    calls conditioning by kriging. Hashable by its bytes.
+    prior: the field sums to zero on each connected part, ``V`` spans ``Q``'s null
+    space; for BYM2, its structured half sums to zero), the exact treatment INLA calls
+    conditioning by kriging. Hashable by its bytes.
     """
 
     def __init__(self, basis):
@@ -221,13 +262,19 @@ class Precision(jsparse.BCOO):
         ``log|Q|`` as a differentiable function of the hyperparameters, when it has a
         closed form (the builders give one). :func:`gmrf_log_marginal` then uses it and
         its own derivative instead of a Cholesky factorisation of ``Q`` and its selected
-        inverse, the most expensive step on a 2-D grid. Give it only if it is exact. For
-        an intrinsic ``Q`` it is required: the generalised log-determinant, the sum of
-        the logs of the non-zero eigenvalues.
+        inverse, the most expensive step on a 2-D grid. Give it only if it is exact. With
+        ``null_space`` it is required: the log-determinant of ``Q`` on the constraint's
+        subspace, ``log|U' Q U|`` for ``U`` an orthonormal basis of the vectors with
+        ``null_space' u = 0``. Where ``null_space`` spans ``Q``'s null space (a random
+        walk, ICAR) that is the generalised log-determinant, the sum of the logs of the
+        non-zero eigenvalues.
     null_space : (n, k) array, optional
-        For an intrinsic (singular) ``Q``: a basis of its null space, concrete. The field
-        is then constrained to ``null_space' (x - mean) = 0`` (sum to zero, for a random
-        walk or an ICAR prior) and the marginal is that of the constrained field, exactly.
+        For an intrinsic (singular) ``Q``: the directions ``V`` of its constraints,
+        concrete. The field is then constrained to ``V' (x - mean) = 0`` and the marginal
+        is that of the constrained field, exactly. Usually ``V`` is a basis of ``Q``'s
+        null space (sum to zero, for a random walk or an ICAR prior); any ``V`` on whose
+        complement ``Q`` is positive definite works (BYM2 constrains only its structured
+        half, :func:`bym2`).
 
     Examples
     --------
@@ -335,10 +382,14 @@ def _newton(ll, pattern: Pattern, null, theta0, q, m, p, rtol, atol, max_steps):
     gradient is judged projected onto the constraint. The convergence rule is the dense
     path's (:func:`~mcmc_customgrad.latent_gaussian_log_marginal`): the gradient's
     max-norm within ``atol + rtol |Psi|`` and ``x`` known to tolerance (the last step
-    moved it by less than ``atol + rtol |x|``), or a full step that small. Returns
-    ``(x, converged, num_steps, residual)``.
+    moved it by less than ``atol + rtol |x|``), or a full step that small; or, where
+    large entries of ``Q`` cancel and rounding stops the line search near the mode, a
+    Newton step that small or the gradient test alone. ``_STAGNANT_STEPS`` steps in a
+    row without a decrease beyond rounding end the solve as stagnated. Returns
+    ``(x, converged, num_steps, residual, stagnated)``.
     """
     project = (lambda v: v) if null is None else null.project
+    eps = jnp.finfo(theta0.dtype).eps
 
     def evaluate(x):
         r = x - m
@@ -350,17 +401,21 @@ def _newton(ll, pattern: Pattern, null, theta0, q, m, p, rtol, atol, max_steps):
     merit0, g0 = evaluate(x0)
 
     def cond(state):
-        _x, merit, _g, k, done, stalled = state
-        return ~done & ~stalled & (k < max_steps) & jnp.isfinite(merit)
+        _x, merit, _g, k, done, stagnant = state
+        return ~done & (stagnant < _STAGNANT_STEPS) & (k < max_steps) & jnp.isfinite(merit)
 
     def body(state):
-        x, merit, g, k, _, _ = state
+        x, merit, g, k, _, stagnant = state
         w = jnp.maximum(_w_diag(ll, x, p), 0.0)
         d = pattern.solve(q, w, g)
         if null is not None:
             d = _kriging(pattern, null, q, w, d)
         slope = -jnp.vdot(d, g)
-        alpha, merit_t, g_t, accepted = backtrack(evaluate, x, merit, d, slope)
+        # Rounding in Psi is that of its largest terms, ll and the quadratic form's
+        # entries q_k r_i r_j, which cancel where Q is stiff (BYM2 as phi -> 1).
+        r = jnp.abs(x - m)
+        noise = 16 * eps * (jnp.abs(merit) + pattern.quad(jnp.abs(q), r, r))
+        alpha, merit_t, g_t, accepted = backtrack(evaluate, x, merit, d, slope, noise=noise)
         x1 = jnp.where(accepted, x + alpha * d, x)
         g1 = jnp.where(accepted, g_t, g)
         merit1 = jnp.where(accepted, merit_t, merit)
@@ -368,15 +423,47 @@ def _newton(ll, pattern: Pattern, null, theta0, q, m, p, rtol, atol, max_steps):
         residual = max_norm(project(g1))
         residual_ok = residual <= atol + rtol * jnp.abs(merit1)
         known = (accepted & moved) | (residual <= rtol * residual0)
-        done = (residual_ok & known) | (accepted & (alpha == 1.0) & moved)
-        return x1, merit1, g1, k + 1, done, ~accepted
+        # Where Q has large entries that cancel (BYM2 as phi -> 1 with tau large), the
+        # rounding of Psi and of its gradient (~1e-8 and more) stops Newton near the
+        # mode: Psi no longer decreases beyond its rounding noise. Then the full Newton
+        # step within tolerance (x is within it of the mode: the rounding lies along
+        # Q's stiff directions, where M^-1 is tiny), the gradient test, or a Newton
+        # decrement d'g (twice the decrease a full step predicts, ||x - x*||_M^2) below
+        # the rounding of Psi (the value is as exact as float64 makes it; x is within
+        # sqrt(noise / smallest curvature), ~1e-8, of the mode) are each converged. A
+        # stagnation that lasts _STAGNANT_STEPS steps without them is a failure
+        # (STAGNATED).
+        stuck = ~accepted | (merit - merit1 <= noise)
+        small_step = max_norm(d) <= atol + rtol * max_norm(x)
+        done = (
+            (residual_ok & known)
+            | (accepted & (alpha == 1.0) & moved)
+            | small_step
+            | (stuck & (residual_ok | (-slope <= noise)))
+        )
+        return x1, merit1, g1, k + 1, done, jnp.where(stuck, stagnant + 1, 0)
 
     residual0 = max_norm(project(g0))
     done0 = residual0 == 0
-    state = (x0, merit0, g0, jnp.zeros((), jnp.int32), done0, jnp.array(False))
-    x, merit, g, k, done, _ = lax.while_loop(cond, body, state)
+    state = (x0, merit0, g0, jnp.zeros((), jnp.int32), done0, jnp.zeros((), jnp.int32))
+    x, merit, g, k, done, stagnant = lax.while_loop(cond, body, state)
     ok = done & jnp.isfinite(merit) & jnp.all(jnp.isfinite(x))
-    return x, ok, k, max_norm(project(g)).astype(x.dtype)
+    return x, ok, k, max_norm(project(g)).astype(x.dtype), stagnant >= _STAGNANT_STEPS
+
+
+#: Newton steps in a row without a decrease of ``Psi`` beyond its rounding, above the
+#: gradient test, before the solve stops as ``Status.STAGNATED``.
+_STAGNANT_STEPS = 3
+
+#: The factorised ``Q + W`` is shifted by this many rounding errors of its diagonal
+#: (:meth:`Pattern.shifted`).
+_SHIFT = 1
+
+#: With constraints, the constrained covariance ``M^-1 - Z C^-1 Z'`` is a difference; a
+#: mode where it would lose more than this relative precision (``M`` nearly singular
+#: along the constraints) is a failed solve (``Status.LINEAR_SOLVE_FAILED``), not a
+#: silently inaccurate gradient.
+_CONSTRAINED_RTOL = 1e-6
 
 
 def _constraint_solves(pattern: Pattern, null, q, w):
@@ -388,6 +475,23 @@ def _constraint_solves(pattern: Pattern, null, q, w):
     V = jnp.asarray(null.basis, q.dtype)
     Z = jnp.stack([pattern.solve(q, w, V[:, j]) for j in range(null.k)], axis=1)
     return Z, V.T @ Z
+
+
+def _constrained_precision_ok(pattern: Pattern, null, q, w):
+    """Whether the constrained covariance ``M^-1 - Z C^-1 Z'`` keeps its precision.
+
+    Its diagonal is a difference: where ``M = Q + W`` is nearly singular along the
+    constraints (an intrinsic prior with a likelihood that is almost flat), both terms
+    are huge and cancel, and the gradient (which reads that covariance) would be wrong
+    without any sign. ``(Z C^-1 Z')_ii M_ii`` bounds the relative cancellation in
+    entry ``i`` (the constrained variance is at least of the order of ``1 / M_ii``);
+    times ``eps`` it must stay below ``_CONSTRAINED_RTOL``.
+    """
+    Z, C = _constraint_solves(pattern, null, q, w)
+    subtracted = jnp.sum((Z @ jnp.linalg.inv(C)) * Z, axis=1)
+    scale = jnp.abs(pattern.diagonal(q) + w)
+    loss = jnp.finfo(q.dtype).eps * jnp.max(jnp.abs(subtracted) * scale)
+    return jnp.isfinite(loss) & (loss <= _CONSTRAINED_RTOL)
 
 
 def _kriging(pattern: Pattern, null, q, w, d):
@@ -415,12 +519,21 @@ def _build(ll, pattern: Pattern, null, rtol, atol, max_steps, on_failure, with_l
     def solve(theta0, params):
         q, m, p = params
         finite_q, q = _safe_values(pattern, q)
-        x, solver_ok, k, residual = _newton(
+        x, solver_ok, k, residual, stagnated = _newton(
             ll, pattern, null, theta0, q, m, p, rtol, atol, max_steps
         )
         finite = finite_q & jnp.all(jnp.isfinite(x)) & jnp.isfinite(residual)
         x_safe = jnp.where(finite, x, m)
-        ok, status = _mode_ok(ll, x_safe, p, _w_diag(ll, x_safe, p), solver_ok, finite)
+        w = _w_diag(ll, x_safe, p)
+        ok, status = _mode_ok(ll, x_safe, p, w, solver_ok, finite)
+        status = jnp.where(
+            (status == Status.MAX_STEPS) & stagnated, Status.STAGNATED, status
+        ).astype(jnp.int32)
+        if null is not None:
+            w_ok = jnp.where(ok, jnp.maximum(w, 0.0), 1.0)
+            precise = _constrained_precision_ok(pattern, null, q, w_ok)
+            status = jnp.where(ok & ~precise, Status.LINEAR_SOLVE_FAILED, status)
+            ok = ok & precise
         info = SolverInfo(
             converged=ok,
             num_steps=k,
@@ -832,6 +945,42 @@ def _scalar(where, name, value):
     return value
 
 
+def _in_range(where, conditions):
+    """Whether the hyperparameters are in range: a bool array, False if any condition fails.
+
+    ``conditions`` holds ``(holds, message)`` pairs. Concrete hyperparameters out of range
+    raise ``ValueError`` with the message; traced ones (a sampler's proposal) give False,
+    and the builder returns NaN values (:func:`_guarded`), so that
+    :func:`gmrf_log_marginal` is NaN there (a rejected proposal) rather than handing
+    CHOLMOD a matrix that is not positive definite, which would stop the whole compiled
+    program.
+    """
+    ok = jnp.array(True)
+    for holds, message in conditions:
+        if not isinstance(holds, jax.core.Tracer) and not bool(holds):
+            raise ValueError(f"{where}: {message}")
+        ok = ok & holds
+    return ok
+
+
+def _safe(ok, value, default):
+    """``value`` where the hyperparameters are in range, else ``default``.
+
+    Computing the values at a safe point keeps their derivatives finite (no ``0 * inf``
+    where they are masked).
+    """
+    return jnp.where(ok, value, default)
+
+
+def _guarded(ok, values, log_det):
+    """The values and ``log_det``, NaN where the hyperparameters are out of range."""
+    return jnp.where(ok, values, jnp.nan), jnp.where(ok, log_det, jnp.nan)
+
+
+def _positive(name, value):
+    return value > 0, f"{name} must be > 0, got {value}."
+
+
 def _size(where, name, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 2:
         raise ValueError(f"{where}: {name} must be an integer >= 2, got {value!r}.")
@@ -877,10 +1026,14 @@ def ar1(n: int, rho, tau) -> Precision:
     where = "mcg.gmrf.ar1"
     n = _size(where, "n", n)
     rho, tau = _scalar(where, "rho", rho), _scalar(where, "tau", tau)
+    conditions = [(jnp.abs(rho) < 1, f"rho must be in (-1, 1), got {rho}."), _positive("tau", tau)]
+    ok = _in_range(where, conditions)
+    rho, tau = _safe(ok, rho, 0.0), _safe(ok, tau, 1.0)
     diag = jnp.full(n, 1.0 + rho**2).at[0].set(1.0).at[-1].set(1.0)
     off = jnp.full(n - 1, -rho)
     values = tau / (1.0 - rho**2) * jnp.concatenate([diag, off, off])
     log_det = n * jnp.log(tau) - (n - 1) * jnp.log1p(-(rho**2))
+    values, log_det = _guarded(ok, values, log_det)
     return Precision(values, _ar1_pattern(n), n, log_det=log_det)
 
 
@@ -893,6 +1046,15 @@ def _banded_logdet(D):
     return float(np.sum(np.log(np.abs(lu.U.diagonal()))))
 
 
+def _sorted_entries(m):
+    """A summed COO matrix's entries in row-major order: ``(row * n + col, values)``."""
+    flat = m.row.astype(np.int64) * m.shape[0] + m.col
+    order = np.argsort(flat)
+    values = np.asarray(m.data, float)[order]
+    values.flags.writeable = False
+    return flat[order], values
+
+
 @lru_cache(maxsize=16)
 def _random_walk_pieces(n: int, order: int):
     """Pattern, structure values, null space and ``log|R|*`` of ``R = D' D``."""
@@ -903,12 +1065,7 @@ def _random_walk_pieces(n: int, order: int):
         D = (D[1:] - D[:-1]).tocsr()
     R = (D.T @ D).tocoo()
     R.sum_duplicates()
-    keys = np.sort(R.row.astype(np.int64) * n + R.col)
-    dense_index = {int(k): i for i, k in enumerate(keys)}
-    values = np.zeros(keys.size)
-    for i, j, v in zip(R.row, R.col, R.data, strict=True):
-        values[dense_index[int(i) * n + int(j)]] += v
-    values.flags.writeable = False
+    keys, values = _sorted_entries(R)
     t = np.arange(n, dtype=float) - (n - 1) / 2
     basis = np.stack([np.ones(n), t], axis=1)[:, :order]
     pattern = Pattern(keys // n, keys % n, n)
@@ -920,9 +1077,12 @@ def _random_walk(where, n, tau, order):
     if n <= order:
         raise ValueError(f"{where}: n must be at least {order + 1}, got {n}.")
     tau = _scalar(where, "tau", tau)
+    ok = _in_range(where, [_positive("tau", tau)])
+    tau = _safe(ok, tau, 1.0)
     pattern, values, null, log_det_r = _random_walk_pieces(n, order)
     log_det = (n - order) * jnp.log(tau) + log_det_r
-    return Precision(tau * values, pattern, n, log_det=log_det, null_space=null)
+    values, log_det = _guarded(ok, tau * values, log_det)
+    return Precision(values, pattern, n, log_det=log_det, null_space=null)
 
 
 def rw1(n: int, tau) -> Precision:
@@ -990,6 +1150,48 @@ def rw2(n: int, tau) -> Precision:
     return _random_walk("mcg.gmrf.rw2", n, tau, 2)
 
 
+def _graph(where: str, adjacency):
+    """A graph's hashable key ``(n, edges)`` from an adjacency matrix or an edge list.
+
+    Checks that the matrix is square and symmetric, that every index is >= 0 and that
+    every area has a neighbour (an isolated area has no intrinsic prior).
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(adjacency) or (np.ndim(adjacency) == 2 and np.shape(adjacency)[1] != 2):
+        A = sp.coo_matrix(adjacency)
+        if A.shape[0] != A.shape[1]:
+            raise ValueError(f"{where}: adjacency must be square, got {A.shape}.")
+        n = A.shape[0]
+        mask = (A.data != 0) & (A.row != A.col)
+        edges = np.stack([A.row[mask], A.col[mask]], 1)
+        if not np.array_equal(
+            np.sort(A.row[mask] * n + A.col[mask]), np.sort(A.col[mask] * n + A.row[mask])
+        ):
+            raise ValueError(f"{where}: the adjacency matrix must be symmetric.")
+    else:
+        edges = np.asarray(adjacency)
+        if edges.ndim != 2 or edges.shape[1] != 2 or not np.issubdtype(edges.dtype, np.integer):
+            raise ValueError(
+                f"{where}: adjacency must be an (n, n) matrix or an (m, 2) integer edge "
+                f"list, got shape {np.shape(adjacency)}."
+            )
+        if edges.size and edges.min() < 0:
+            raise ValueError(f"{where}: edge indices must be >= 0.")
+        edges = edges[edges[:, 0] != edges[:, 1]]
+        n = int(edges.max()) + 1 if edges.size else 0
+    if n < 2 or edges.size == 0:
+        raise ValueError(f"{where}: the graph needs at least two areas and one edge.")
+    degree = np.bincount(edges.ravel(), minlength=n)
+    if np.any(degree == 0):
+        isolated = np.flatnonzero(degree == 0)[:5].tolist()
+        raise ValueError(
+            f"{where}: areas {isolated} have no neighbours; an intrinsic (ICAR) prior says "
+            "nothing about an isolated area. Connect it, or give it a proper prior of its own."
+        )
+    return (n, tuple(map(tuple, np.unique(np.sort(edges, axis=1), axis=0).tolist())))
+
+
 @lru_cache(maxsize=8)
 def _icar_pieces(key):
     import scipy.sparse as sp
@@ -1003,10 +1205,7 @@ def _icar_pieces(key):
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
     R = (sp.diags(degree) - adjacency).tocoo()
     R.sum_duplicates()
-    keys = np.sort(R.row.astype(np.int64) * n + R.col)
-    order = np.argsort(R.row.astype(np.int64) * n + R.col)
-    values = np.asarray(R.data, float)[order]
-    values.flags.writeable = False
+    keys, values = _sorted_entries(R)
     count, labels = connected_components(adjacency, directed=False)
     basis = np.stack([(labels == c).astype(float) for c in range(count)], axis=1)
     # Matrix-tree theorem, per connected part: the product of the non-zero eigenvalues
@@ -1060,44 +1259,174 @@ def icar(adjacency, tau) -> Precision:
     2.772589
     """
     where = "mcg.gmrf.icar"
-    import scipy.sparse as sp
-
-    if sp.issparse(adjacency) or (np.ndim(adjacency) == 2 and np.shape(adjacency)[1] != 2):
-        A = sp.coo_matrix(adjacency)
-        if A.shape[0] != A.shape[1]:
-            raise ValueError(f"{where}: adjacency must be square, got {A.shape}.")
-        n = A.shape[0]
-        mask = (A.data != 0) & (A.row != A.col)
-        edges = np.stack([A.row[mask], A.col[mask]], 1)
-        if not np.array_equal(
-            np.sort(A.row[mask] * n + A.col[mask]), np.sort(A.col[mask] * n + A.row[mask])
-        ):
-            raise ValueError(f"{where}: the adjacency matrix must be symmetric.")
-    else:
-        edges = np.asarray(adjacency)
-        if edges.ndim != 2 or edges.shape[1] != 2 or not np.issubdtype(edges.dtype, np.integer):
-            raise ValueError(
-                f"{where}: adjacency must be an (n, n) matrix or an (m, 2) integer edge "
-                f"list, got shape {np.shape(adjacency)}."
-            )
-        if edges.size and edges.min() < 0:
-            raise ValueError(f"{where}: edge indices must be >= 0.")
-        edges = edges[edges[:, 0] != edges[:, 1]]
-        n = int(edges.max()) + 1 if edges.size else 0
-    if n < 2 or edges.size == 0:
-        raise ValueError(f"{where}: the graph needs at least two areas and one edge.")
-    degree = np.bincount(edges.ravel(), minlength=n)
-    if np.any(degree == 0):
-        isolated = np.flatnonzero(degree == 0)[:5].tolist()
-        raise ValueError(
-            f"{where}: areas {isolated} have no neighbours; an ICAR prior says nothing "
-            "about an isolated area. Connect it, or give it a proper prior of its own."
-        )
+    key = _graph(where, adjacency)
     tau = _scalar(where, "tau", tau)
-    key = (n, tuple(map(tuple, np.unique(np.sort(edges, axis=1), axis=0).tolist())))
+    ok = _in_range(where, [_positive("tau", tau)])
+    tau = _safe(ok, tau, 1.0)
     pattern, values, null, log_det_r, count = _icar_pieces(key)
+    n = pattern.n
     log_det = (n - count) * jnp.log(tau) + log_det_r
-    return Precision(tau * values, pattern, n, log_det=log_det, null_space=null)
+    values, log_det = _guarded(ok, tau * values, log_det)
+    return Precision(values, pattern, n, log_det=log_det, null_space=null)
+
+
+@lru_cache(maxsize=8)
+def _scaled_icar(key):
+    """The ICAR structure scaled per connected part (Sørbye and Rue 2014), with its pieces.
+
+    Each part's block of ``R = D - A`` is multiplied by the geometric mean of the
+    part's marginal variances under its sum-to-zero constraint, so that the scaled
+    field has geometric-mean variance 1 on every part (INLA's ``scale.model``). The
+    variances come without a dense inverse: with one reference area per part removed,
+    ``R`` is positive definite (``R0``); the constrained covariance is ``P S0 P`` with
+    ``S0 = R0^-1`` (zero at the references) and ``P`` the centring on each part, so
+    ``var_i = S0_ii - 2 (S0 1)_i / n_c + 1' S0 1 / n_c^2``: one selected inverse of
+    ``R0`` and one solve. Returns ``(pattern, scaled values, null space, log|R*|*,
+    number of parts, labels, scales)``.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    pattern, values, null, log_det_r, count = _icar_pieces(key)
+    n = pattern.n
+    labels = np.argmax(null.basis, axis=1)
+    sizes = np.bincount(labels, minlength=count)
+    R = sp.csr_matrix((values, (pattern.rows, pattern.cols)), shape=(n, n))
+    references = np.array([np.flatnonzero(labels == c)[0] for c in range(count)])
+    kept = np.setdiff1d(np.arange(n), references)
+    R0 = R[kept][:, kept].tocoo()
+    keys0, values0 = _sorted_entries(R0)
+    pattern0 = Pattern(keys0 // kept.size, keys0 % kept.size, kept.size)
+    with jax.ensure_compile_time_eval():  # concrete even when first built under jit
+        selected = np.asarray(pattern0.selinv(jnp.asarray(values0)))
+    s0_diag = np.zeros(n)
+    s0_diag[kept] = selected[pattern0.rows == pattern0.cols]
+    s0_ones = np.zeros(n)
+    s0_ones[kept] = splu(sp.csc_matrix(R[kept][:, kept])).solve(np.ones(kept.size))
+    total = np.bincount(labels, weights=s0_ones, minlength=count)  # 1' S0 1 per part
+    variance = s0_diag - 2 * s0_ones / sizes[labels] + (total / sizes**2)[labels]
+    scales = np.exp(np.bincount(labels, weights=np.log(variance), minlength=count) / sizes)
+    scaled = values * scales[labels[pattern.rows]]
+    scaled.flags.writeable = False
+    log_det = log_det_r + float(np.sum((sizes - 1) * np.log(scales)))
+    return pattern, scaled, null, log_det, count, labels, scales
+
+
+@lru_cache(maxsize=8)
+def _bym2_pieces(key):
+    """The ``2n x 2n`` BYM2 pattern, the scaled structure on it, masks and the constraint."""
+    pattern, scaled, null, log_det_s, count, _, _ = _scaled_icar(key)
+    n = pattern.n
+    i = np.arange(n, dtype=np.int64)
+    size = 2 * n
+    rows = np.concatenate([i, i, n + i, n + pattern.rows])
+    cols = np.concatenate([i, n + i, i, n + pattern.cols])
+    kind = np.concatenate([np.zeros(n), np.ones(2 * n), np.full(pattern.nnz, 2.0)])
+    base = np.concatenate([np.zeros(3 * n), scaled])
+    # row-major order, as every pattern here; each entry once (R*'s pattern has its diagonal)
+    flat = rows * size + cols
+    keys = np.unique(flat)
+    inverse = np.searchsorted(keys, flat)
+    structure = np.zeros(keys.size)
+    np.add.at(structure, inverse, base)
+    b_diag = np.zeros(keys.size)
+    b_diag[inverse[kind == 0]] = 1.0
+    cross = np.zeros(keys.size)
+    cross[inverse[kind == 1]] = 1.0
+    u_diag = np.zeros(keys.size)
+    u_diag[inverse[(kind == 2) & (rows == cols)]] = 1.0
+    for a in (structure, b_diag, cross, u_diag):
+        a.flags.writeable = False
+    basis = np.concatenate([np.zeros_like(null.basis), null.basis], axis=0)
+    big = Pattern(keys // size, keys % size, size)
+    return big, structure, b_diag, cross, u_diag, NullSpace(basis), log_det_s, count
+
+
+def bym2(adjacency, tau, phi) -> Precision:
+    """Precision of the BYM2 model (Riebler et al. 2016): areal effects, scaled and mixed.
+
+    The area effects are ``b = (sqrt(1 - phi) v + sqrt(phi) u) / sqrt(tau)``, ``v``
+    independent standard normals and ``u`` the ICAR field of the graph *scaled* so that
+    its marginal variances have geometric mean 1 on each connected part (Sørbye and Rue
+    2014): ``tau`` is the precision of ``b`` as a whole and ``phi`` the share of its
+    variance that is spatially structured. This is INLA's ``"bym2"`` and the Stan case
+    study's (Morris et al. 2019) model, in INLA's ``2n``-vector form ``x = (b, u)``,
+    whose precision is sparse:
+
+    ``Q = [[tau/(1-phi) I, -sqrt(phi tau)/(1-phi) I], [-sqrt(phi tau)/(1-phi) I,
+    R* + phi/(1-phi) I]]``
+
+    with ``R*`` the scaled ICAR structure. ``u`` is constrained to sum to zero on each
+    connected part, exactly (the constraint is on ``u``, not along ``Q``'s null space;
+    put the intercept in ``mean``'s first ``n`` entries). ``log_det`` is the
+    log-determinant on the constraint's subspace, ``n log(tau / (1 - phi)) +
+    log|R*|*``.
+
+    The likelihood sees the first ``n`` latents only: write it on ``x[:n]``, for
+    example ``lambda x: poisson(y, log_E)(x[:n])``.
+
+    Parameters
+    ----------
+    adjacency : (n, n) array or (m, 2) int array
+        The graph, as for :func:`icar` (every area needs a neighbour).
+    tau : float scalar
+        Precision of the area effects ``b`` (> 0); may be traced.
+    phi : float scalar
+        Mixing parameter in ``[BYM2_PHI_MARGIN, 1 - BYM2_PHI_MARGIN]`` (``1e-8``);
+        may be traced. ``phi -> 0``: independent effects; ``phi -> 1``: purely
+        structured (the precision is singular at 1). Out of range: ``ValueError`` when
+        concrete, NaN values (a rejected proposal) when traced.
+
+    Returns
+    -------
+    Precision
+        ``(2n, 2n)``, with the constraint (in ``null_space``) and ``log_det``.
+
+    Examples
+    --------
+    On a 2 x 3 lattice, ``b``'s covariance is ``((1 - phi) I + phi R*^+) / tau``; the
+    scaled structured part has geometric-mean variance 1:
+
+    >>> import numpy as np
+    >>> import mcmc_customgrad as mcg
+    >>> edges = np.array([[0, 1], [1, 2], [3, 4], [4, 5], [0, 3], [1, 4], [2, 5]])
+    >>> Q = mcg.gmrf.bym2(edges, 2.0, 0.5)
+    >>> Q.shape, Q.null_space.k
+    ((12, 12), 1)
+    >>> R = np.asarray(Q.todense())[6:, 6:] - np.eye(6)  # R*: phi / (1 - phi) = 1 off
+    >>> round(float(np.exp(np.mean(np.log(np.diag(np.linalg.pinv(R)))))), 10)
+    1.0
+    """
+    where = "mcg.gmrf.bym2"
+    key = _graph(where, adjacency)
+    tau, phi = _scalar(where, "tau", tau), _scalar(where, "phi", phi)
+    in_range = (phi >= BYM2_PHI_MARGIN) & (phi <= 1.0 - BYM2_PHI_MARGIN)
+    message = (
+        f"phi must be in [{BYM2_PHI_MARGIN:g}, 1 - {BYM2_PHI_MARGIN:g}], got {phi}: it is "
+        "the structured share of the variance. Nearer 1 the precision's entries "
+        "(~tau / (1 - phi)) cancel beyond float64; nearer 0 the structured half is "
+        "nearly singular along its constraint (phi = 0 is the independent model: "
+        "use a diagonal precision)."
+    )
+    ok = _in_range(where, [_positive("tau", tau), (in_range, message)])
+    tau, phi = _safe(ok, tau, 1.0), _safe(ok, phi, 0.5)
+    pattern, structure, b_diag, cross, u_diag, null, log_det_s, _ = _bym2_pieces(key)
+    n = pattern.n // 2
+    a = 1.0 / (1.0 - phi)
+    values = structure + a * (tau * b_diag - jnp.sqrt(phi * tau) * cross + phi * u_diag)
+    log_det = n * jnp.log(tau * a) + log_det_s
+    values, log_det = _guarded(ok, values, log_det)
+    return Precision(values, pattern, pattern.n, log_det=log_det, null_space=null)
+
+
+#: :func:`bym2` is NaN outside ``[BYM2_PHI_MARGIN, 1 - BYM2_PHI_MARGIN]``. Its ``2n``
+#: form couples ``b`` and ``u`` with entries ``~ tau / (1 - phi)``: nearer 1 than this
+#: the sparse Newton iteration cannot place the mode in float64, and from ``1 - phi ~
+#: 1e-12`` on the marginal's gradient is wrong. Nearer 0, ``u``'s block ``R* + phi /
+#: (1 - phi) I`` is singular to rounding along the constraint (exactly so at 0). Within
+#: ``1e-8`` of either end the model is purely structured or purely independent for
+#: every practical purpose; on the logit scale the range is about (-18.4, 18.4).
+BYM2_PHI_MARGIN = 1e-8
 
 
 def _grid_laplacian(shape):
@@ -1177,6 +1506,8 @@ def matern_grid(shape, kappa, tau) -> Precision:
         raise ValueError(f"{where}: shape must be (ny, nx), got {shape!r}.")
     ny, nx = (_size(where, "shape", s) for s in shape)
     kappa, tau = _scalar(where, "kappa", kappa), _scalar(where, "tau", tau)
+    ok = _in_range(where, [_positive("kappa", kappa), _positive("tau", tau)])
+    kappa, tau = _safe(ok, kappa, 1.0), _safe(ok, tau, 1.0)
     pattern, I_v, G_v, G2_v = _matern_pieces(ny, nx)
     values = tau**2 * (kappa**4 * I_v + 2.0 * kappa**2 * G_v + G2_v)
     # The lattice Laplacian is a Kronecker sum of two path Laplacians, whose eigenvalues
@@ -1184,4 +1515,5 @@ def matern_grid(shape, kappa, tau) -> Precision:
     lam = [4.0 * np.sin(np.pi * np.arange(m) / (2 * m)) ** 2 for m in (ny, nx)]
     eig = (lam[0][:, None] + lam[1][None, :]).ravel()
     log_det = 2 * pattern.n * jnp.log(tau) + 2 * jnp.sum(jnp.log(kappa**2 + eig))
+    values, log_det = _guarded(ok, values, log_det)
     return Precision(values, pattern, pattern.n, log_det=log_det)

@@ -450,3 +450,189 @@ def test_agreement_at_two_thousand_latents(likelihood):
     assert abs(float(v - v_ref)) <= 1e-8 * abs(float(v_ref))
     for a, b in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9 * float(jnp.abs(b).max()))
+
+
+# ---------------------------------------------------------------------------------- BYM2
+
+
+def _lattice(rows, cols, offset=0):
+    index = np.arange(rows * cols).reshape(rows, cols) + offset
+    across = np.stack([index[:, :-1].ravel(), index[:, 1:].ravel()], 1)
+    down = np.stack([index[:-1].ravel(), index[1:].ravel()], 1)
+    return np.concatenate([across, down])
+
+
+#: Two connected parts (a 3 x 3 and a 2 x 4 lattice): one constraint each.
+TWO_PARTS = np.concatenate([_lattice(3, 3), _lattice(2, 4, offset=9)])
+N_TWO = 17
+
+
+def _bym2_dense(tau, phi):
+    """b's covariance ((1 - phi) I + phi pinv(R*)) / tau, from the dense precision."""
+    Q = np.asarray(mcg.gmrf.bym2(TWO_PARTS, tau, phi).todense())
+    R_star = Q[N_TWO:, N_TWO:] - phi / (1 - phi) * np.eye(N_TWO)
+    return Q, R_star
+
+
+def test_bym2_is_the_scaled_mixture_with_its_constraint_and_log_determinant():
+    tau, phi = 2.5, 0.3
+    Q, R_star = _bym2_dense(tau, phi)
+    precision = mcg.gmrf.bym2(TWO_PARTS, tau, phi)
+    assert precision.shape == (2 * N_TWO, 2 * N_TWO) and precision.null_space.k == 2
+    V = precision.null_space.basis
+    assert np.all(V[:N_TWO] == 0)  # the constraint is on u only
+    # Each part's scaled structure has geometric-mean constrained variance 1.
+    S = np.linalg.pinv(R_star, hermitian=True)
+    for part in (np.arange(9), np.arange(9, N_TWO)):
+        np.testing.assert_allclose(np.exp(np.mean(np.log(np.diag(S)[part]))), 1.0, rtol=1e-12)
+        assert np.allclose(S[np.ix_(part, np.setdiff1d(np.arange(N_TWO), part))], 0)
+    # log_det is log|U' Q U| on the constraint's subspace.
+    U = np.linalg.svd(V.T)[2][V.shape[1] :].T
+    np.testing.assert_allclose(float(precision.log_det), np.linalg.slogdet(U.T @ Q @ U)[1])
+    # Conditioned on the constraint, b's covariance is ((1 - phi) I + phi S) / tau.
+    cov = U @ np.linalg.inv(U.T @ Q @ U) @ U.T
+    np.testing.assert_allclose(
+        cov[:N_TWO, :N_TWO], ((1 - phi) * np.eye(N_TWO) + phi * S) / tau, atol=1e-12
+    )
+    assert np.allclose(Q, Q.T) and np.all(np.diag(Q) > 0)
+
+
+def _bym2_pair(likelihood):
+    """The sparse BYM2 marginal over (b, u) and the dense one over b alone.
+
+    Both in ``h = (log tau, logit phi, mu)``, the likelihood's arguments after ``h``.
+    """
+    n = N_TWO
+
+    def prior(h):
+        return jnp.exp(h[0]), jax.nn.sigmoid(h[1])
+
+    def sparse(h, *a):
+        tau, phi = prior(h)
+        mean = jnp.concatenate([jnp.full(n, h[2]), jnp.zeros(n)])
+
+        def ll(x, *a):
+            return jnp.sum(likelihood(x[:n], *a))
+
+        return mcg.gmrf_log_marginal(
+            ll, mcg.gmrf.bym2(TWO_PARTS, tau, phi), jnp.zeros(2 * n), *a, mean=mean
+        )
+
+    S = jnp.asarray(np.linalg.pinv(_bym2_dense(1.0, 0.5)[1], hermitian=True))
+
+    def dense(h, *a):
+        tau, phi = prior(h)
+        cov = ((1 - phi) * jnp.eye(n) + phi * S) / tau
+        return latent_gaussian_log_marginal(likelihood, cov, jnp.zeros(n), *a, mean=h[2])
+
+    return sparse, dense
+
+
+def test_bym2_gaussian_marginal_is_exact():
+    y = jnp.asarray(RNG.normal(size=N_TWO))
+    sparse, _ = _bym2_pair(gaussian(y))
+    S = jnp.asarray(np.linalg.pinv(_bym2_dense(1.0, 0.5)[1], hermitian=True))
+
+    def exact(h):
+        tau, phi = jnp.exp(h[0]), jax.nn.sigmoid(h[1])
+        cov = ((1 - phi) * jnp.eye(N_TWO) + phi * S) / tau + 0.16 * jnp.eye(N_TWO)
+        return multivariate_normal.logpdf(y, jnp.full(N_TWO, h[2]), cov)
+
+    for h in (jnp.array([0.3, -0.5, 0.2]), jnp.array([-1.0, 2.0, -0.4])):
+        v, g = jax.value_and_grad(lambda h: sparse(h, 0.4))(h)
+        v_ref, g_ref = jax.value_and_grad(exact)(h)
+        assert abs(float(v - v_ref)) <= 1e-10 * abs(float(v_ref))
+        np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-10 * float(jnp.abs(g_ref).max()))
+
+
+def test_bym2_counts_agree_with_the_dense_path():
+    y = jnp.asarray(RNG.poisson(3.0, N_TWO))
+    sparse, dense = _bym2_pair(poisson(y))
+    h = jnp.array([0.4, 0.7, 0.9])
+    v, g = jax.value_and_grad(sparse)(h)
+    v_ref, g_ref = jax.value_and_grad(dense)(h)
+    assert abs(float(v - v_ref)) <= 1e-8 * abs(float(v_ref))
+    np.testing.assert_allclose(g, g_ref, rtol=1e-7)
+
+
+def test_stiff_bym2_near_its_margin_is_still_exact():
+    # phi = 1 - 3e-7 and a small sigma: Q's entries reach 1e9 and cancel. The refined
+    # solves, the rounding-aware line search and the step test still place the mode.
+    y = jnp.asarray(RNG.normal(size=N_TWO) * 0.3)
+    sparse, _ = _bym2_pair(gaussian(y))
+    S = jnp.asarray(np.linalg.pinv(_bym2_dense(1.0, 0.5)[1], hermitian=True))
+    for h in (
+        jnp.array([6.0, 15.0, 0.1]),
+        jnp.array([0.0, 15.0, 0.1]),
+        jnp.array([6.0, -15.0, 0.1]),
+    ):
+        tau, phi = jnp.exp(h[0]), jax.nn.sigmoid(h[1])
+        cov = ((1 - phi) * jnp.eye(N_TWO) + phi * S) / tau + 0.04 * jnp.eye(N_TWO)
+        exact = multivariate_normal.logpdf(y, jnp.full(N_TWO, h[2]), cov)
+        value = jax.jit(sparse)(h, 0.2)
+        assert abs(float(value - exact)) <= 1e-8 * abs(float(exact)), h
+
+
+def test_builders_are_nan_outside_their_range_under_trace_and_raise_when_concrete():
+    y = jnp.asarray(RNG.poisson(2.0, 6))
+    cases = {
+        "ar1": (lambda a: mcg.gmrf.ar1(6, a, 1.0), 1.5, r"rho must be in \(-1, 1\)"),
+        "rw1": (lambda a: mcg.gmrf.rw1(6, a), -1.0, "tau must be > 0"),
+        "icar": (lambda a: mcg.gmrf.icar(_ring_with_chord(6), a), 0.0, "tau must be > 0"),
+        "matern": (lambda a: mcg.gmrf.matern_grid((2, 3), a, 1.0), -0.5, "kappa must be > 0"),
+        "bym2": (lambda a: mcg.gmrf.bym2(_ring_with_chord(6), 1.0, a), 1.0, r"phi must be in"),
+    }
+    for name, (build, bad, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            build(bad)
+        Q = jax.jit(build)(bad)
+        assert np.all(np.isnan(np.asarray(Q.data))) and np.isnan(float(Q.log_det)), name
+        n = Q.shape[0]
+
+        def f(a, build=build, n=n):
+            ll = lambda x: jnp.sum(poisson(y)(x[:6]))  # noqa: E731
+            return mcg.gmrf_log_marginal(ll, build(a), jnp.zeros(n), full_output=True)
+
+        value, info = jax.jit(f)(bad)
+        assert np.isnan(float(value)) and int(info.status) == mcg.Status.NONFINITE, name
+        grad = jax.jit(jax.grad(lambda a, f=f: f(a)[0]))(bad)
+        assert float(grad) == 0.0, name  # masked, never NaN
+    with pytest.raises(ValueError, match=r"phi must be in"):
+        mcg.gmrf.bym2(_ring_with_chord(6), 1.0, 0.0)  # phi = 0: the independent model
+
+
+def test_an_overflowing_likelihood_is_nan_not_a_crash():
+    # mean = 800: exp(800) overflows, W is inf at the start; nothing reaches CHOLMOD.
+    y = jnp.asarray(RNG.poisson(2.0, 20))
+    f = jax.jit(
+        lambda m: mcg.gmrf_log_marginal(
+            poisson(y), mcg.gmrf.rw1(20, 1.0), jnp.zeros(20), mean=m, full_output=True
+        )
+    )
+    value, info = f(800.0)
+    assert np.isnan(float(value)) and not bool(info.converged)
+
+
+def test_a_factorisation_failure_inside_a_driver_is_explained():
+    # A precision of the user's own that is indefinite at a traced value: CHOLMOD cannot
+    # return NaN from inside the program; the drivers say what happened and what to do.
+    from mcmc_customgrad._errors import surface_solver_errors
+
+    idx = np.array([[0, 0], [1, 1], [0, 1], [1, 0]])
+    y = jnp.array([1, 2])
+
+    def logdensity(a):
+        Q = mcg.gmrf.Precision(jnp.stack([1.0, 1.0, a, a]), idx, 2)
+        return mcg.gmrf_log_marginal(poisson(y), Q, jnp.zeros(2))
+
+    run = surface_solver_errors(lambda a: jax.jit(logdensity)(a))
+    assert np.isfinite(float(run(0.5)))
+    with pytest.raises(mcg.SolverError, match=r"sparse factorisation failed.*\n.*NaN"):
+        run(3.0)
+
+
+def test_bym2_built_first_under_jit():
+    # The scaling is computed once per graph, eagerly, even when the first call is traced.
+    mcg.clear_caches()
+    values = jax.jit(lambda t: mcg.gmrf.bym2(TWO_PARTS, t, 0.5).data)(2.0)
+    np.testing.assert_array_equal(values, mcg.gmrf.bym2(TWO_PARTS, 2.0, 0.5).data)

@@ -17,7 +17,7 @@ PREFER_HALVINGS = 4
 FLAT_RTOL = 1e-6
 
 
-def backtrack(evaluate, y, merit_y, p, slope, prefer=None, flat=None):
+def backtrack(evaluate, y, merit_y, p, slope, prefer=None, flat=None, noise=None):
     """Largest ``alpha`` in ``1, 1/2, 1/4, ...`` with sufficient decrease along ``p``.
 
     ``evaluate(y) -> (merit, aux)``; ``aux`` (say the gradient at the trial point) is
@@ -45,6 +45,11 @@ def backtrack(evaluate, y, merit_y, p, slope, prefer=None, flat=None):
     approximate Wolfe condition, with the gradient norm as the curvature test; the
     answer is still judged by the solver's convergence test, never by the line search.
 
+    ``noise``, if given, replaces ``8 eps |merit(y)|`` as the rounding tolerance of the
+    Armijo test (it is never smaller): a caller whose merit is a sum of large terms that
+    cancel knows its rounding better (the GMRF Newton passes ``eps`` times the size of
+    the quadratic form's terms).
+
     Returns
     -------
     alpha, merit_new, aux_new, accepted
@@ -52,7 +57,11 @@ def backtrack(evaluate, y, merit_y, p, slope, prefer=None, flat=None):
         the caller then keeps ``y`` (and must not use ``aux_new``).
     """
     eps = jnp.finfo(y.dtype).eps
-    noise = 8 * eps * jnp.abs(merit_y)
+    noise = (
+        8 * eps * jnp.abs(merit_y)
+        if noise is None
+        else jnp.maximum(noise, 8 * eps * jnp.abs(merit_y))
+    )
     flat_bound = merit_y + FLAT_RTOL * jnp.abs(merit_y) + noise
 
     def armijo_at(alpha, m):
