@@ -114,9 +114,17 @@ def _surfacing():
         # An FFI error raised while the program is dispatched (not when its result is
         # awaited) comes as a ValueError with the same text.
         solver_error = factorisation_error_from(err)
-        if solver_error is None:
-            raise
-        raise solver_error from None
+        if solver_error is not None:
+            raise solver_error from None
+        if "sparsax" in str(err) and "cannot be differentiated" in str(err):
+            raise ValueError(
+                "second derivatives of mcg.gmrf_log_marginal (jax.hessian, "
+                "check_gradients(order=2), check-grad's default --order 2) are not "
+                "supported: its adjoint reads the selected inverse of Q + W, which "
+                "SuiteSparse does not differentiate. Check first order (order=1, "
+                "--order 1); sampling needs only the gradient."
+            ) from None
+        raise
     finally:
         logger.removeFilter(drop)
 

@@ -733,7 +733,10 @@ def gmrf_log_marginal(
     closed form, as the builders' do): no dense matrix and no differentiated iteration.
     Exact (up to the tolerance) when the likelihood is Gaussian. Agrees with
     :func:`~mcmc_customgrad.latent_gaussian_log_marginal` with ``cov = Q^-1``
-    (``pinv(Q)`` for an intrinsic prior under its constraints).
+    (``pinv(Q)`` for an intrinsic prior under its constraints). Differentiable once
+    (forward or reverse, under ``jit`` and ``vmap``): second derivatives would need the
+    selected inverse's own derivative, which SuiteSparse does not provide, and
+    :func:`jax.hessian` raises.
 
     Parameters
     ----------

@@ -8,8 +8,9 @@
 For each model in ``mcg.models.REGISTRY`` (the density with its inner solve against its
 closed-form reference, both on the same parameters):
 
-1. ``mcg.check_gradients`` at order 2 at 20 points drawn like the sampler's starts
-   (uniform on (-2, 2) per unconstrained coordinate), seed 0;
+1. ``mcg.check_gradients`` at order 2 (order 1 for the models in ``ORDER``) at 20 points
+   drawn like the sampler's starts (uniform on (-2, 2) per unconstrained coordinate),
+   seed 0;
 2. ``mcg.coupled_chains`` with NUTS: one window adaptation on the reference, then 200
    transitions of each density with the same keys; the first 20 must coincide to 1e-6
    posterior sd;
@@ -49,6 +50,17 @@ COMMAND = "python scripts/validate.py"
 #: Builder arguments per model (the registry's defaults otherwise).
 BUILD = {"pde": {"m": 64}}
 
+#: Derivative order of the gradient check per model (2, Hessians too, otherwise). The
+#: sparse GMRF marginal (``mcg.gmrf_log_marginal``) is differentiable once: its adjoint
+#: reads the selected inverse, which SuiteSparse does not differentiate.
+ORDER = {"disease_map_gaussian": 1}
+
+
+ORDER_NOTE = (
+    "the sparse GMRF marginal is differentiable once: its adjoint reads the selected "
+    "inverse, which SuiteSparse does not differentiate; its Hessian is not checked"
+)
+
 
 def build_arguments(name):
     """``name``'s builder arguments as text, for the report (empty for the defaults)."""
@@ -66,7 +78,8 @@ def validate(name, *, warmup, draws, figures_dir=None, judge_efficiency=True):
     model, reference = example.model, example.reference
     init = starts(name, example)
     t0 = time.perf_counter()
-    gradients = mcg.check_gradients(model, model.init, reference, order=2, num_points=20)
+    order = ORDER.get(name, 2)
+    gradients = mcg.check_gradients(model, model.init, reference, order=order, num_points=20)
     coupled = mcg.coupled_chains(model, reference, init, seed=0)
     runs = {}
     for side, density in (("custom", model), ("reference", reference)):
@@ -101,6 +114,7 @@ def validate(name, *, warmup, draws, figures_dir=None, judge_efficiency=True):
         "",
         f"### Gradients: {'PASSED' if gradients.passed else 'FAILED'}",
         "",
+        *([f"First order only ({ORDER_NOTE})", ""] if order == 1 else []),
         gradients.table,
         "",
     ]

@@ -10,15 +10,17 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_"))
 #: Run by test_examples_laplace.py; the rest by test_examples.py. Two files, so that the
 #: two pytest-xdist workers (a file each) share the examples' compile time.
-LAPLACE_AND_HOST = ["eight_schools", "latent_gp_poisson", "scipy_host"]
+LAPLACE_AND_HOST = ["disease_map", "eight_schools", "latent_gp_poisson", "scipy_host"]
 #: Figures an example writes beside the comparison report's.
 EXTRA_FIGURES = {
+    "disease_map": ["risk.png"],
     "kepler": ["rv_curve.png"],
     "latent_gp_poisson": ["rate.png"],
     "rust_bus_engine": ["replacement.png"],
 }
 #: What an example prints beside the summary and the verdict.
 EXTRA_OUTPUT = {
+    "disease_map": ["truth:", "b[15]"],  # the area effects are generated quantities
     "conjugate": ["implicit 0.5604908", "Part 2: NUTS on the density in d = 3"],
     "eight_schools": ["theta[7]"],  # the recovered school effects are in the summary
     "kepler": ["truth:"],

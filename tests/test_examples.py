@@ -11,6 +11,7 @@ def test_every_use_has_an_example():
     assert NAMES == [
         "bilevel_ridge",
         "conjugate",
+        "disease_map",
         "eight_schools",
         "equilibrium",
         "kepler",

@@ -17,18 +17,23 @@ model                   inner solve                             reference
                         Poisson (approximate)                   (more parameters; not in REGISTRY)
 ``pde_inverse``         ``root`` (Newton, sparse LU), a         ``c = 0``: Gaussian via basis
                         steady state on an ``m x m`` grid       solutions; ``c > 0``: dense solve
+``disease_map``         ``gmrf_log_marginal`` (sparse), BYM2,   full joint ``mu, sigma, phi, v,
+                        Poisson (approximate)                   eta`` (not in REGISTRY)
+``disease_map_gaussian`` ``gmrf_log_marginal`` (sparse), BYM2,  ``N(y | mu, sigma^2 ((1 - phi) I +
+                        Gaussian, exact                         phi S) + diag(s^2))``, dense
 ======================  ======================================  ===================================
 
 ``REGISTRY`` holds the models whose reference has the same parameters and the same
 density, which the command line and ``scripts/validate.py`` sweep. ``latent_gp_poisson``'s
-reference samples the latent field too (what a user would do without the Laplace
-approximation) and agrees only approximately, so it is compared on ``rho`` and
-``alpha`` by hand (``docs/laplace.md``). ``pde`` is :func:`pde_inverse` at its cheap
+and ``disease_map``'s references sample the latent field too (what a user would do
+without the Laplace approximation) and agree only approximately, so they are compared on
+the hyperparameters by hand (``docs/laplace.md``). ``pde`` is :func:`pde_inverse` at its cheap
 default (``m = 16``, linear); ``scripts/validate.py`` builds it at ``m = 64``.
 """
 
 from ._base import Example
 from .conjugate import conjugate
+from .disease_map import disease_map, disease_map_gaussian, disease_map_latents
 from .eight_schools import eight_schools
 from .equilibrium import equilibrium
 from .host import host_conjugate
@@ -48,6 +53,9 @@ __all__ = [
     "latent_gp_poisson",
     "latent_gp_poisson_latents",
     "pde_inverse",
+    "disease_map",
+    "disease_map_gaussian",
+    "disease_map_latents",
     "REGISTRY",
 ]
 
@@ -60,4 +68,5 @@ REGISTRY = {
     "host_conjugate": host_conjugate,
     "eight_schools": eight_schools,
     "pde": pde_inverse,
+    "disease_map_gaussian": disease_map_gaussian,
 }
