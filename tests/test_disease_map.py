@@ -128,6 +128,9 @@ def test_latent_draws_batch_and_are_reproducible():
     )
 
 
+# A sampler run compiles for ~10 s: the slow tier (the fast tier draws the latents
+# directly above; docs/laplace.md's example and examples/disease_map.py sample with them).
+@pytest.mark.slow
 def test_latent_draws_as_a_generated_quantity_of_sample():
     model, _, data = mcg.models.disease_map(3, 3)
 
