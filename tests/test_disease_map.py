@@ -118,6 +118,7 @@ def test_latent_draws_follow_the_exact_posterior_in_the_gaussian_member():
     np.testing.assert_allclose(np.asarray(b).std(0), sd, rtol=0.1)
 
 
+@pytest.mark.slow  # a batched program of its own (~5 s); the draws are checked above
 def test_latent_draws_batch_and_are_reproducible():
     key = jax.random.key(2)
     mu, sigma, phi = 0.1, jnp.array([[0.4, 0.6, 0.8]]), jnp.array(0.5)  # 1 chain x 3 draws

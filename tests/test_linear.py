@@ -61,6 +61,7 @@ def test_fixed_point_tangents_agree(linear):
     ],
     ids=["argmin-cg", "fixed_point-gmres"],
 )
+@pytest.mark.slow  # order 2 compiles for 12-15 s each; first order: the tangent tests above
 def test_iterative_solves_transpose_and_differentiate(solve):
     # Reverse mode runs the transposed solve; second order differentiates the operator.
     check_grads(solve, (0.9,), order=2, modes=("fwd", "rev"))

@@ -142,6 +142,8 @@ def test_model_likelihood_per_bus_and_simulation(rb):
     )
 
 
+# ~12 s of compiles: the slow tier (check-grad on a file's builder: tests/test_cli.py).
+@pytest.mark.slow
 def test_cli_check_grad_on_the_example(rb):
     out = io.StringIO()
     code = cli.main(["check-grad", f"{EXAMPLE}:build", "--points", "2"], out=out)
