@@ -155,6 +155,8 @@ def test_latent_draws_as_a_generated_quantity_of_sample():
 def test_argument_checks():
     with pytest.raises(ValueError, match="rows must be an integer >= 2"):
         mcg.models.disease_map(rows=1)
+    with pytest.raises(ValueError, match=r"more than 2500: the reference"):
+        mcg.models.disease_map(rows=60, cols=50)
     with pytest.raises(ValueError, match="seed must be an integer"):
         mcg.models.disease_map_gaussian(seed=0.5)
     key = jax.random.key(0)

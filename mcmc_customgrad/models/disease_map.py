@@ -32,7 +32,13 @@ from ..laplace import gaussian, poisson
 from ..logdensity import Model, interval, positive, real
 from ._base import Example
 
-__all__ = ["disease_map", "disease_map_gaussian", "disease_map_latents", "lattice_edges"]
+__all__ = [
+    "disease_map",
+    "disease_map_gaussian",
+    "disease_map_latents",
+    "lattice_edges",
+    "MAX_AREAS",
+]
 
 _TRUTH = {"mu": 0.1, "sigma": 0.6, "phi": 0.7}
 _LOG_2 = math.log(2.0)
@@ -98,9 +104,21 @@ def _structured(edges):
     return B @ B.T, B
 
 
+#: Largest map the builders make: the references and the simulation use a dense square
+#: root of the structured covariance (an ``n x n`` eigendecomposition).
+MAX_AREAS = 2500
+
+
 def _simulate(where, rows, cols, seed):
     check_int(where, "rows", rows, 2)
     check_int(where, "cols", cols, 2)
+    if rows * cols > MAX_AREAS:
+        raise ValueError(
+            f"{where}: {rows} x {cols} = {rows * cols} areas is more than {MAX_AREAS}: the "
+            "reference and the simulated data use a dense square root of the structured "
+            "covariance. For a larger map, build the model from mcg.gmrf.bym2 and "
+            "mcg.gmrf_log_marginal directly (the sparse marginal scales to 10^5 latents)."
+        )
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ValueError(f"{where}: seed must be an integer, got {seed!r}.")
     edges = lattice_edges(int(rows), int(cols))
@@ -155,7 +173,7 @@ def disease_map(rows: int = 8, cols: int = 8, seed: int = 0) -> Example:
     Parameters
     ----------
     rows, cols : int
-        Lattice size, each at least 2.
+        Lattice size, each at least 2, at most :data:`MAX_AREAS` areas in all.
     seed : int
         Seed of the expected counts, the effects and the counts.
 
@@ -223,7 +241,7 @@ def disease_map_gaussian(rows: int = 8, cols: int = 8, seed: int = 0) -> Example
     Parameters
     ----------
     rows, cols : int
-        Lattice size, each at least 2.
+        Lattice size, each at least 2, at most :data:`MAX_AREAS` areas in all.
     seed : int
         Seed of the standard errors, the effects and the estimates.
 
