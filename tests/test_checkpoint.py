@@ -96,6 +96,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_draws(tmp_path, uninterrup
     )
 
 
+# Three runs, ~17 s: the slow tier. The fast tier refuses another density at the same
+# starting value (test_another_density_with_the_same_value_at_the_start_is_refused).
+@pytest.mark.slow
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     path = tmp_path / "ck"
     mcg.sample(MODEL, checkpoint=path, **{**KW, "num_samples": 10})

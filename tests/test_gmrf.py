@@ -146,6 +146,9 @@ def test_vmap_over_chains_equals_a_loop_and_needs_no_host_callback():
     assert "callback" not in text  # sparse factorisations are FFI calls, not host callbacks
 
 
+# The slow tier: the fast tier checks GMRF gradients against closed forms above, and
+# test_models.py the disease map's against its reference.
+@pytest.mark.slow
 def test_check_gradients_passes_on_a_gmrf_density():
     y = jnp.asarray(RNG.poisson(2.0, 25))
 

@@ -25,7 +25,14 @@ def affine(y, s):
     ) + jnp.arange(3.0)
 
 
-SYMMETRIC = [mcg.linear.Dense(), mcg.linear.Dense("cholesky"), mcg.linear.CG(), mcg.linear.GMRES()]
+SYMMETRIC = [
+    mcg.linear.Dense(),
+    mcg.linear.Dense("cholesky"),
+    mcg.linear.CG(),
+    # GMRES's argmin tangents compile for ~8 s: the slow tier (its fixed-point tangents,
+    # below, stay in the fast tier).
+    pytest.param(mcg.linear.GMRES(), marks=pytest.mark.slow),
+]
 GENERAL = [mcg.linear.Dense(), mcg.linear.GMRES(), mcg.linear.GMRES(restart=1)]
 
 
