@@ -1305,7 +1305,7 @@ def _scaled_icar(key):
     s0_diag = np.zeros(n)
     s0_diag[kept] = selected[pattern0.rows == pattern0.cols]
     s0_ones = np.zeros(n)
-    s0_ones[kept] = splu(sp.csc_matrix(R[kept][:, kept])).solve(np.ones(kept.size))
+    s0_ones[kept] = splu(R0.tocsc()).solve(np.ones(kept.size))
     total = np.bincount(labels, weights=s0_ones, minlength=count)  # 1' S0 1 per part
     variance = s0_diag - 2 * s0_ones / sizes[labels] + (total / sizes**2)[labels]
     scales = np.exp(np.bincount(labels, weights=np.log(variance), minlength=count) / sizes)
