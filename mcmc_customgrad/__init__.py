@@ -49,7 +49,7 @@ from .implicit import (
 )
 from .laplace import laplace_latent_draws, laplace_log_marginal, latent_gaussian_log_marginal
 from .logdensity import Constraint, Model, interval, positive, real
-from .sampling import CheckpointError, InitializationError, sample
+from .sampling import CheckpointError, DistributedError, InitializationError, sample
 
 __all__ = [
     "root",
@@ -92,6 +92,7 @@ __all__ = [
     "SBCReport",
     "InitializationError",
     "CheckpointError",
+    "DistributedError",
     "clear_caches",
     "models",
     "stable",

@@ -38,6 +38,7 @@ from ..caches import LRU, lru_cache
 from ..logdensity.constraints import Constraint
 from ..logdensity.model import Model
 from ..sampling._kernels import KERNELS, Settings, draws_fn, start_fn, warmup_fn
+from ..sampling._processes import gather_rows, my_share, process_count
 from ..sampling._warnings import genuine_divergences
 from ._report import Check, failures_of, verdict_of
 
@@ -1098,7 +1099,10 @@ def sbc(
     batch_size : int
         Simulations fitted together in one ``vmap`` (memory grows with it). The last
         batch is padded with extra simulations, which are discarded, so that every batch
-        runs the same compiled program.
+        runs the same compiled program. After ``jax.distributed.initialize``, the batches
+        are dealt to the processes in turn (batch ``b`` to process ``b % P``) and every
+        process returns the whole report, equal to one process's: choose a batch count
+        that is a multiple of ``P`` so that none waits for another.
     bins : int
         Chi-square bins wanted.
     alpha : float
@@ -1230,6 +1234,12 @@ def sbc(
     )
     root = jax.random.key(seed)
     batch_size = min(batch_size, num_simulations)
+    if -(-num_simulations // batch_size) < process_count():
+        raise ValueError(
+            f"sbc: {num_simulations} simulations in batches of {batch_size} make fewer batches "
+            f"than the {process_count()} processes that share them; lower batch_size to at "
+            f"most {max(1, num_simulations // process_count())} so that every process fits one."
+        )
 
     def simulate(start):
         if not jit_simulate:
@@ -1267,7 +1277,10 @@ def sbc(
         lambda: jax.jit(_fitter(problem, layout, settings, *sizes)).lower(*args).compile(),
     )
     compile_seconds, run_seconds, results = time.perf_counter() - tick, 0.0, []
-    for start in range(0, num_simulations, batch_size):
+    # With several processes (jax.distributed), each fits every P-th batch.
+    starts = range(0, num_simulations, batch_size)
+    mine = [starts[i] for i in my_share(len(starts))]
+    for start in mine:
         if start:
             truth, data = simulate(start)
             shapes = _shapes(jax.tree.map(lambda x: x[0], data))
@@ -1281,7 +1294,7 @@ def sbc(
         tick = time.perf_counter()
         results.append(jax.tree.map(np.asarray, compiled(root, start, truth, data)))
         run_seconds += time.perf_counter() - tick
-    out = {k: np.concatenate([r[k] for r in results])[:num_simulations] for k in results[0]}
+    out = _join_batches(results, mine, batch_size, num_simulations)
 
     ranks = {}
     rank_values = sbc_ranks(out["thinned"], out["truth"], seed=seed)
@@ -1318,6 +1331,16 @@ def sbc(
         run_seconds=run_seconds,
         allow_divergences=allow_divergences,
     )
+
+
+def _join_batches(results, starts, batch_size, num_simulations):
+    """Every batch's fits, padding cut, in simulation order (from every process)."""
+    local = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+    if process_count() == 1:
+        return {k: v[:num_simulations] for k, v in local.items()}
+    index = np.concatenate([start + np.arange(batch_size) for start in starts])
+    joined = gather_rows(local, index)
+    return {k: v[:num_simulations] for k, v in joined.items()}
 
 
 def _check_support(problem, truth, start, data=None, count=None):

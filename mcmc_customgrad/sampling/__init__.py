@@ -10,6 +10,7 @@ one-chain stages of ``_kernels`` that ``sample``, ``coupled_chains`` and ``sbc``
 """
 
 from ._checkpoint import CheckpointError
+from ._processes import DistributedError
 from ._warnings import Diagnostic, SamplingWarning, diagnose
 from .sample import InitializationError, sample
 
@@ -17,6 +18,7 @@ __all__ = [
     "sample",
     "InitializationError",
     "CheckpointError",
+    "DistributedError",
     "Diagnostic",
     "SamplingWarning",
     "diagnose",

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..caches import LRU
+from ._processes import collective
 
 __all__ = ["CHAIN_METHODS", "ChainMap"]
 
@@ -44,6 +45,44 @@ def _stack(outputs):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
 
+def _mesh(num_chains: int) -> Mesh:
+    """The chain axis's devices: every device of every process, process by process."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    if jax.process_count() > 1:
+        counts = {d.process_index: 0 for d in devices}
+        for d in devices:
+            counts[d.process_index] += 1
+        if num_chains % len(devices) or len(set(counts.values())) > 1:
+            raise ValueError(
+                f"sample: chain_method='parallel' over {jax.process_count()} processes with "
+                f"{len(devices)} devices in all ({', '.join(map(str, counts.values()))} per "
+                f"process) needs a number of chains that every device shares evenly, and the "
+                f"same number of devices in every process; num_chains={num_chains} is not a "
+                f"multiple of {len(devices)}. Use num_chains="
+                f"{_next_multiple(num_chains, len(devices))}, or give every process the same "
+                "devices."
+            )
+        return Mesh(np.array(devices), ("chains",))
+    usable = min(len(devices), num_chains)
+    # One process: the largest device count that divides the chains evenly.
+    count = max(k for k in range(1, usable + 1) if num_chains % k == 0)
+    return Mesh(np.array(devices[:count]), ("chains",))
+
+
+def _next_multiple(n: int, k: int) -> int:
+    return k * max(1, -(-n // k))
+
+
+def _global(x, sharding):
+    """A global array from a host value that every process holds whole."""
+    if jnp.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        data = _global(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=impl)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 class ChainMap:
     """How chains are run: ``"vectorized"``, ``"parallel"`` or ``"sequential"``.
 
@@ -59,12 +98,20 @@ class ChainMap:
         self.method, self.num_chains = method, num_chains
         self.num_devices = 1
         self.mesh = None
+        # The chains whose draws this process computes (all of them, but for a parallel
+        # run over several processes).
+        self.local = slice(0, num_chains)
         if method == "parallel":
-            devices = jax.devices()
-            usable = min(len(devices), num_chains)
-            # The largest device count that divides the chains evenly.
-            self.num_devices = max(k for k in range(1, usable + 1) if num_chains % k == 0)
-            self.mesh = Mesh(np.array(devices[: self.num_devices]), ("chains",))
+            self.mesh = _mesh(num_chains)
+            self.num_devices = self.mesh.size
+            if jax.process_count() > 1:
+                per_device = num_chains // self.num_devices
+                mine = [
+                    i
+                    for i, d in enumerate(self.mesh.devices)
+                    if d.process_index == jax.process_index()
+                ]
+                self.local = slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
 
     def compile(self, name, static_key, fn, batched, args):
         """Compile ``fn`` mapped over chains; returns ``(call, compile_seconds)``.
@@ -106,10 +153,11 @@ class ChainMap:
 
             def call(*args):
                 out = compiled(*self._place(args, batched))
-                if jax.process_count() > 1:  # multi-host: every process gets all chains
+                if jax.process_count() > 1:  # every process gets every chain
                     from jax.experimental import multihost_utils
 
-                    out = multihost_utils.process_allgather(out, tiled=True)
+                    with collective(f"the chains' {name}"):
+                        out = multihost_utils.process_allgather(out, tiled=True)
                 return out
 
         else:
@@ -117,9 +165,14 @@ class ChainMap:
         return call, seconds
 
     def _place(self, args, batched):
+        shardings = tuple(NamedSharding(self.mesh, P("chains") if b else P()) for b in batched)
+        if jax.process_count() == 1:
+            return tuple(jax.device_put(a, s) for a, s in zip(args, shardings, strict=True))
+        # Several processes: every process holds the whole (identical) input and gives
+        # each of its devices that device's block.
         return tuple(
-            jax.device_put(a, NamedSharding(self.mesh, P("chains") if b else P()))
-            for a, b in zip(args, batched, strict=True)
+            jax.tree.map(lambda x: _global(x, s), a)  # noqa: B023
+            for a, s in zip(args, shardings, strict=True)
         )
 
     def _build(self, name, fn, in_axes, batched):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._identity import values_match
 
-__all__ = ["Checkpoint", "CheckpointError"]
+__all__ = ["Checkpoint", "CheckpointError", "open_checkpoint"]
 
 FORMAT = "mcmc_customgrad-checkpoint"
 VERSION = 2
@@ -302,3 +302,132 @@ class Checkpoint:
     def save_chunk(self, index: int, arrays: dict) -> None:
         """Save chunk ``index`` (arrays must include ``start`` and ``stop``)."""
         _atomic_write(self.path / f"chunk_{index:06d}.npz", lambda f: np.savez(f, **arrays))
+
+
+_PROCESS_DIR = re.compile(r"^process_(\d+)_of_(\d+)$")
+
+
+def _written_by(root: Path) -> set[int]:
+    """The process counts that wrote into checkpoint directory ``root`` (empty: none)."""
+    if not root.is_dir():
+        return set()
+    counts = {int(m.group(2)) for p in root.iterdir() if (m := _PROCESS_DIR.match(p.name))}
+    if (root / "meta.json").exists():
+        counts.add(1)
+    return counts
+
+
+def open_checkpoint(path, meta: dict, chains: slice, sharded: bool):
+    """The checkpoint of this process: :class:`Checkpoint` or, with several, a shard.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint directory the user gave.
+    meta : dict
+        The run's description, as for :class:`Checkpoint`.
+    chains : slice
+        The chains this process computes.
+    sharded : bool
+        Whether the processes share the chains (``chain_method="parallel"``), so that
+        each writes its own and a resume joins them; otherwise each process keeps a whole
+        copy of its own.
+
+    Raises
+    ------
+    CheckpointError
+        The directory was written by another number of processes, or belongs to another
+        run (in any process: every process then raises).
+    """
+    from ._processes import agree_min, process_count, process_index
+
+    root, count = Path(path), process_count()
+    error = None
+    try:
+        other = _written_by(root) - {count}
+        if other:
+            raise CheckpointError(
+                f"checkpoint {root} was written by a run over {min(other)} process(es), and "
+                f"this run has {count}. A checkpoint resumes only with the number of "
+                f"processes that wrote it: restart with {min(other)} process(es), or use "
+                "another checkpoint path (or delete this one) to start afresh."
+            )
+        if count == 1:
+            store = Checkpoint(root, meta)
+        else:
+            index = process_index()
+            own = {
+                "process": {"index": index, "count": count, "chains": [chains.start, chains.stop]}
+            }
+            store = _Shard(
+                root,
+                Checkpoint(root / f"process_{index}_of_{count}", {**meta, **own}),
+                chains,
+                sharded,
+            )
+    except CheckpointError as err:
+        error = err
+    if count > 1 and not agree_min(error is None):
+        raise error or CheckpointError(
+            f"checkpoint {root}: another process of this run refused it (its message is in "
+            "its own output, process 0's included); nothing was written."
+        )
+    if error is not None:
+        raise error
+    return store
+
+
+class _Shard:
+    """One process's part of a checkpoint written by several.
+
+    Each process writes the chains it computes into ``path/process_<i>_of_<n>/`` (a
+    :class:`Checkpoint` of its own); reading joins every process's part in chain order,
+    keeping only what every process has completed (a process killed between two writes
+    leaves the others one chunk ahead: that chunk is computed again, with the same
+    draws).
+    """
+
+    def __init__(self, root: Path, own: Checkpoint, chains: slice, sharded: bool):
+        self.path, self.own, self.chains, self.sharded = root, own, chains, sharded
+
+    def _mine(self, arrays: dict) -> dict:
+        if not self.sharded:
+            return arrays
+        return {
+            k: (v if np.ndim(v) == 0 else np.asarray(v)[self.chains]) for k, v in arrays.items()
+        }
+
+    def _join(self, arrays: dict) -> dict:
+        if not self.sharded:
+            return arrays
+        from ._processes import gather
+
+        joined = gather(arrays)
+        return {
+            k: (v[0] if v.ndim == 1 and np.ndim(arrays[k]) == 0 else v.reshape((-1, *v.shape[2:])))
+            for k, v in joined.items()
+        }
+
+    def load_warmup(self) -> dict | None:
+        """The whole warmup result, when every process has saved its part; else None."""
+        from ._processes import agree_min
+
+        mine = self.own.load_warmup()
+        if not agree_min(mine is not None):
+            return None
+        return self._join(mine)
+
+    def save_warmup(self, arrays: dict) -> None:
+        """Save this process's part of the warmup result."""
+        self.own.save_warmup(self._mine(arrays))
+
+    def load_chunks(self) -> list[dict]:
+        """The chunks every process has saved, joined."""
+        from ._processes import agree_min
+
+        mine = self.own.load_chunks()
+        return [self._join(chunk) for chunk in mine[: agree_min(len(mine))]]
+
+    def save_chunk(self, index: int, arrays: dict) -> None:
+        """Save this process's part of chunk ``index``."""
+        self.own.save_chunk(index, self._mine(arrays))

@@ -24,7 +24,7 @@ from ..caches import lru_cache
 from ..implicit.stats import with_solver_stats
 from ..logdensity import Model
 from ._chains import CHAIN_METHODS, ChainMap
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, open_checkpoint
 from ._identity import density_fingerprint, outputs_fingerprint
 from ._kernels import (
     KERNELS,
@@ -36,6 +36,7 @@ from ._kernels import (
     value_and_grad_fn,
     warmup_fn,
 )
+from ._processes import agree_min, is_main, process_count
 from ._progress import Progress, progress_enabled
 from ._warnings import SamplingWarning, diagnose, genuine_divergences
 
@@ -512,10 +513,14 @@ def sample(
         ``"vectorized"``: one program, chains batched with ``vmap``. ``"parallel"``:
         chains sharded over JAX devices with ``shard_map`` (GPUs, or CPU devices made
         with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``); uses the largest
-        device count that divides ``num_chains``. ``"sequential"``: one chain at a time
-        (one compile, least memory).
+        device count that divides ``num_chains``. After ``jax.distributed.initialize``
+        (several processes, on one machine or many), the chains are sharded over every
+        device of every process, ``num_chains`` must be a multiple of the device count,
+        every process returns every chain, and the draws equal, bit for bit, those of one
+        process holding as many devices (see ``docs/howto.md``). ``"sequential"``: one
+        chain at a time (one compile, least memory).
     progress_bar : bool or None
-        What the run shows on stderr: each compilation when it starts and its time when
+        What the run shows on stderr (of process 0 only, over several processes): each compilation when it starts and its time when
         it ends (``compiling the warmup ... (8.2 s)``), the warmup, then the draws (a
         tqdm bar on a terminal, four plain lines otherwise) with draws per second per
         chain counted after compilation. None: on when stderr is a terminal and the
@@ -530,7 +535,11 @@ def sample(
         log-likelihood, and their values at the probe points). A call
         that differs in any of them raises :class:`CheckpointError` naming what differs,
         before anything is written. Only ``num_samples`` (to extend a run),
-        ``checkpoint_every``, ``progress_bar`` and ``warn`` may change on resume.
+        ``checkpoint_every``, ``progress_bar`` and ``warn`` may change on resume. Over
+        several processes, each writes its own chains to ``process_<i>_of_<n>/`` in the
+        directory, a restart of every process with the same call resumes after the last
+        chunk all of them wrote, and a restart with another number of processes is
+        refused.
     checkpoint_every : int
         Draws per chunk when checkpointing.
     init_per_chain : bool
@@ -548,7 +557,7 @@ def sample(
     warn : bool
         Issue :class:`~mcmc_customgrad.SamplingWarning` for every failed post-run check
         (see :func:`~mcmc_customgrad.diagnose`) and for a given init that had to be
-        jittered.
+        jittered (in process 0 only, over several processes).
     generated_quantities : callable, optional
         ``generated_quantities(params, key) -> dict`` of arrays, evaluated at every draw
         after the chains have run and stored in the posterior group under its names
@@ -579,6 +588,12 @@ def sample(
         ``checkpoint`` belongs to another run, or cannot be written.
     InitializationError
         No chain found a start with a finite log-density and gradient.
+    DistributedError
+        Over several processes: an exchange with the others failed, because one of them
+        stopped (killed, out of memory, or its own error).
+    ValueError
+        Over several processes with ``chain_method="parallel"``: ``num_chains`` is not a
+        multiple of the device count.
 
     Notes
     -----
@@ -658,7 +673,17 @@ def sample(
     )
     draw_shapes = _check_draw_outputs(one_draw, target, generated_quantities)
     chains = ChainMap(chain_method, num_chains)
-    if chain_method == "parallel" and chains.num_devices == 1 and num_chains > 1:
+    # With several processes (jax.distributed), process 0 alone prints and warns.
+    loud = is_main()
+    if loud and chain_method != "parallel" and process_count() > 1:
+        warnings.warn(
+            f"sample: this program runs as {process_count()} processes, and "
+            f"chain_method={chain_method!r} runs every chain in every process. Use "
+            "chain_method='parallel' to share the chains between them.",
+            SamplingWarning,
+            stacklevel=3,
+        )
+    if loud and chain_method == "parallel" and chains.num_devices == 1 and num_chains > 1:
         warnings.warn(
             f"sample: chain_method='parallel' found {len(jax.devices())} JAX device(s) that "
             f"can share {num_chains} chains evenly, so the chains run vectorized on one. On "
@@ -666,14 +691,19 @@ def sample(
             SamplingWarning,
             stacklevel=3,
         )
-    progress = Progress(num_samples, num_chains, progress_enabled(progress_bar))
+    # The draws run in chunks when any process shows progress: every process must run the
+    # same programs in the same order (process 0 alone prints).
+    shown = progress_enabled(progress_bar)
+    if process_count() > 1:
+        shown = not agree_min(not shown)
+    progress = Progress(num_samples, num_chains, loud and shown)
     timings = {}
 
     # Stage 1: starting points (the first call compiles the log-density and its gradient).
     start = time.perf_counter()
     k_init, k_warm, k_draw = jax.random.split(key, 3)
     with progress.phase(f"compiling the log-density, checking {num_chains} starting points"):
-        positions, init_lp = initial_positions(target, k_init, warn=warn)
+        positions, init_lp = initial_positions(target, k_init, warn=warn and loud)
     timings["init_seconds"] = time.perf_counter() - start
     store = None
     if checkpoint is not None:
@@ -685,7 +715,7 @@ def sample(
                 "settings": settings.__dict__,
                 **_fingerprint(target, positions, init_lp, draw_shapes, _draw_pass(one_draw)),
             }
-        store = Checkpoint(checkpoint, meta)
+        store = open_checkpoint(checkpoint, meta, chains.local, chain_method == "parallel")
 
     # Stage 2: warmup (or its saved result).
     run = _Run(target, settings, chains, progress, timings, store)
@@ -694,7 +724,7 @@ def sample(
     # Stage 3: draws, chunk by chunk.
     if store is not None:
         chunk_len = min(int(checkpoint_every), num_samples)
-    elif progress.enabled:
+    elif shown:
         chunk_len = max(1, -(-num_samples // 20))
     else:
         chunk_len = num_samples
@@ -724,7 +754,7 @@ def sample(
     }
     for group in _arviz.groups(idata):
         idata[group].attrs.update(attrs)
-    if warn:
+    if warn and loud:
         for problem in diagnose(idata):
             warnings.warn(problem.message, SamplingWarning, stacklevel=3)
     return idata
