@@ -4,6 +4,15 @@
     python scripts/validate.py --models conjugate   # one model, printed, docs untouched
     python scripts/validate.py --quick              # smoke test: 500 draws, nothing written,
                                                     # efficiency reported but not judged
+    python scripts/validate.py --coordinator 127.0.0.1:4321 --num-processes 2 --process-id 0 &
+    python scripts/validate.py --coordinator 127.0.0.1:4321 --num-processes 2 --process-id 1
+                                                    # the models shared by two processes
+    srun python scripts/validate.py --distributed   # SLURM: one process per task
+
+Over several processes (``jax.distributed``, Gloo collectives on CPU), the models are
+dealt in turn to the processes; each runs its models' three checks, and process 0 prints
+every model's section, in registry order, and writes the documents (the figures are
+written by the process that ran the model, so the checkout must be one file system).
 
 For each model in ``mcg.models.REGISTRY`` (the density with its inner solve against its
 closed-form reference, both on the same parameters):
@@ -42,6 +51,12 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import mcmc_customgrad as mcg  # noqa: E402
+from mcmc_customgrad.sampling._processes import (  # noqa: E402
+    gather_json,
+    is_main,
+    my_share,
+    process_count,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = "python scripts/validate.py"
@@ -191,7 +206,22 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=None, choices=sorted(mcg.models.REGISTRY))
     parser.add_argument("--quick", action="store_true", help="300 + 500 steps, nothing written")
     parser.add_argument("--out", default=str(ROOT / "docs" / "validation.md"))
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run whose layout jax.distributed.initialize() detects "
+        "(SLURM, Open MPI)",
+    )
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0, for a run over processes")
+    parser.add_argument("--num-processes", type=int, help="processes in the run")
+    parser.add_argument("--process-id", type=int, help="this process's index, from 0")
     args = parser.parse_args(argv)
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in explicit) and any(v is None for v in explicit):
+        parser.error("--coordinator, --num-processes and --process-id go together")
+    if args.distributed or args.coordinator is not None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     names = args.models or list(mcg.models.REGISTRY)
     write = not args.quick and args.models is None
     warmup, draws = (300, 500) if args.quick else (1000, 2500)
@@ -199,19 +229,27 @@ def main(argv=None) -> int:
     if write:
         figures_dir = Path(args.out).parent / "validation"
         figures_dir.mkdir(parents=True, exist_ok=True)
-    sections, rows, ok = [], [], True
-    for name in names:
+    mine = {}
+    for i in my_share(len(names)):  # every model, with one process
         passed, text, row = validate(
-            name,
+            names[i],
             warmup=warmup,
             draws=draws,
             figures_dir=figures_dir,
             judge_efficiency=not args.quick,
         )
-        print(text, "\n", flush=True)
-        sections.append(text)
-        rows.append(row)
-        ok &= passed
+        mine[names[i]] = (bool(passed), text, row)
+        if process_count() == 1:
+            print(text, "\n", flush=True)
+    ran = {name: result for part in gather_json(mine) for name, result in part.items()}
+    sections = [ran[name][1] for name in names]
+    rows = [ran[name][2] for name in names]
+    ok = all(ran[name][0] for name in names)
+    if not is_main():
+        return 0 if ok else 1
+    if process_count() > 1:
+        for text in sections:
+            print(text, "\n", flush=True)
     if write:
         import blackjax
 

@@ -142,3 +142,19 @@ def test_sbc_fits_are_shared_by_the_processes(tmp_path):
         for name, values in one[3].items():
             assert values.shape[0] == 30, name
             np.testing.assert_array_equal(arrays[name], values, err_msg=name)
+
+
+@pytest.mark.slow
+def test_validate_script_deals_the_models_to_the_processes(tmp_path):
+    two = _launch("validate", tmp_path / "two", 2)
+    _assert_finished(two)
+    names = two[0][2]["names"]
+    printed = two[0][2]["printed"]
+    sections = [line.rstrip() for line in printed.splitlines() if line.startswith("## ")]
+    # Process 0 prints every model's section in registry order; model i ran in i % 2.
+    assert sections == [f"## {n}, run by process {i % 2}" for i, n in enumerate(names)]
+    assert "SOME MODEL FAILED" in printed
+    assert two[1][2]["printed"] == ""  # process 1 prints nothing, writes nothing
+    written = (tmp_path / "two" / "validation.md").read_text()
+    assert all(f"| {n} |" in written for n in names)
+    assert [found["exit"] for _, _, found, _ in two] == [1, 1]  # ridge failed, everywhere

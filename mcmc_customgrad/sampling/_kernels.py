@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -31,6 +30,15 @@ KERNELS = ("nuts", "hmc", "mala")
 MAX_INIT_TRIES = 100
 
 
+def _blackjax():
+    # Imported on first use: importing Blackjax runs JAX computations (default arguments
+    # such as jnp.log(2.0)), which start JAX's backend, and jax.distributed.initialize
+    # must come before that. So `import mcmc_customgrad` leaves the backend alone.
+    import blackjax
+
+    return blackjax
+
+
 @dataclass(frozen=True)
 class Settings:
     """Static, hashable sampler settings (part of every compiled function's key)."""
@@ -44,6 +52,7 @@ class Settings:
 
     def algorithm(self):
         """``(blackjax algorithm, extra parameters)`` for this kernel."""
+        blackjax = _blackjax()
         if self.kernel == "nuts":
             return blackjax.nuts, {"max_num_doublings": self.max_treedepth}
         if self.kernel == "hmc":
@@ -157,7 +166,7 @@ def warmup_fn(logdensity_fn, settings: Settings):
         return transition(kernel, info)
 
     def warmup(key, position):
-        adaptation = blackjax.window_adaptation(
+        adaptation = _blackjax().window_adaptation(
             algorithm,
             logdensity_fn,
             is_mass_matrix_diagonal=not settings.dense_mass,

@@ -8,7 +8,6 @@ import time
 import warnings
 from collections.abc import Mapping
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -675,14 +674,6 @@ def sample(
     chains = ChainMap(chain_method, num_chains)
     # With several processes (jax.distributed), process 0 alone prints and warns.
     loud = is_main()
-    if loud and chain_method != "parallel" and process_count() > 1:
-        warnings.warn(
-            f"sample: this program runs as {process_count()} processes, and "
-            f"chain_method={chain_method!r} runs every chain in every process. Use "
-            "chain_method='parallel' to share the chains between them.",
-            SamplingWarning,
-            stacklevel=3,
-        )
     if loud and chain_method == "parallel" and chains.num_devices == 1 and num_chains > 1:
         warnings.warn(
             f"sample: chain_method='parallel' found {len(jax.devices())} JAX device(s) that "
@@ -909,6 +900,7 @@ class _Run:
 
 def _attrs(settings: Settings, idata, warm) -> dict:
     """The run's settings, library versions and gradient counts, for ``attrs``."""
+    import blackjax  # on first use (see _kernels._blackjax)
     return {
         "inference_library": "blackjax",
         "inference_library_version": blackjax.__version__,
