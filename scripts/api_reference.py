@@ -39,7 +39,12 @@ SECTIONS = [
     ("Laplace approximation", mcg.laplace, "mcg.laplace", None),
     ("Sparse latent fields (GMRF)", mcg.gmrf, "mcg.gmrf", None),
     ("Models and parameters", mcg, "mcg", ["Model", "Constraint", "real", "positive", "interval"]),
-    ("Sampling", mcg, "mcg", ["sample", "InitializationError", "CheckpointError", "clear_caches"]),
+    (
+        "Sampling",
+        mcg,
+        "mcg",
+        ["sample", "InitializationError", "CheckpointError", "DistributedError", "clear_caches"],
+    ),
     ("Diagnostics", mcg.diagnostics, "mcg.diagnostics", None),
     ("Model library", mcg.models, "mcg.models", None),
     ("Numerically stable helpers", mcg.stable, "mcg.stable", None),

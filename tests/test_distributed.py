@@ -89,6 +89,7 @@ def test_two_processes_draw_what_one_process_with_two_devices_draws(tmp_path):
         assert found["devices"] == 2 and found["local_devices"] == 1
         assert found["attrs"]["num_devices"] == 2
         _assert_same_draws(arrays, one[3], f"process {i}")
+        assert {"posterior/noise", "posterior/norm"} <= set(arrays)  # shared, then joined
         assert "num_chains=3 is not a multiple of 2" in found["uneven_error"]
         assert "Use num_chains=4" in found["uneven_error"]
         # Progress and warnings from process 0 only, and as many as one process gives.

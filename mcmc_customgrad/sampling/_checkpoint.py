@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._identity import values_match
+from ._processes import agree_min, gather, process_count, process_index
 
 __all__ = ["Checkpoint", "CheckpointError", "open_checkpoint"]
 
@@ -339,11 +340,9 @@ def open_checkpoint(path, meta: dict, chains: slice, sharded: bool):
         The directory was written by another number of processes, or belongs to another
         run (in any process: every process then raises).
     """
-    from ._processes import agree_min, process_count, process_index
-
     root, count = Path(path), process_count()
-    error = None
-    try:
+
+    def open_own():
         other = _written_by(root) - {count}
         if other:
             raise CheckpointError(
@@ -353,28 +352,30 @@ def open_checkpoint(path, meta: dict, chains: slice, sharded: bool):
                 "another checkpoint path (or delete this one) to start afresh."
             )
         if count == 1:
-            store = Checkpoint(root, meta)
-        else:
-            index = process_index()
-            own = {
-                "process": {"index": index, "count": count, "chains": [chains.start, chains.stop]}
-            }
-            store = _Shard(
-                root,
-                Checkpoint(root / f"process_{index}_of_{count}", {**meta, **own}),
-                chains,
-                sharded,
-            )
+            return Checkpoint(root, meta)
+        index = process_index()
+        own = {"process": {"index": index, "count": count, "chains": [chains.start, chains.stop]}}
+        part = Checkpoint(root / f"process_{index}_of_{count}", {**meta, **own})
+        return _Shard(root, part, chains, sharded)
+
+    return _agreed(open_own, root)
+
+
+def _agreed(read, root: Path):
+    """``read()`` in every process; where it raises in any, every process raises."""
+    error = result = None
+    try:
+        result = read()
     except CheckpointError as err:
         error = err
-    if count > 1 and not agree_min(error is None):
+    if process_count() > 1 and not agree_min(error is None):
         raise error or CheckpointError(
             f"checkpoint {root}: another process of this run refused it (its message is in "
-            "its own output, process 0's included); nothing was written."
+            "its own output); nothing was written."
         )
     if error is not None:
         raise error
-    return store
+    return result
 
 
 class _Shard:
@@ -400,19 +401,15 @@ class _Shard:
     def _join(self, arrays: dict) -> dict:
         if not self.sharded:
             return arrays
-        from ._processes import gather
-
         joined = gather(arrays)
         return {
-            k: (v[0] if v.ndim == 1 and np.ndim(arrays[k]) == 0 else v.reshape((-1, *v.shape[2:])))
+            k: (v[0] if np.ndim(arrays[k]) == 0 else v.reshape((-1, *v.shape[2:])))
             for k, v in joined.items()
         }
 
     def load_warmup(self) -> dict | None:
         """The whole warmup result, when every process has saved its part; else None."""
-        from ._processes import agree_min
-
-        mine = self.own.load_warmup()
+        mine = _agreed(self.own.load_warmup, self.path)
         if not agree_min(mine is not None):
             return None
         return self._join(mine)
@@ -423,9 +420,7 @@ class _Shard:
 
     def load_chunks(self) -> list[dict]:
         """The chunks every process has saved, joined."""
-        from ._processes import agree_min
-
-        mine = self.own.load_chunks()
+        mine = _agreed(self.own.load_chunks, self.path)
         return [self._join(chunk) for chunk in mine[: agree_min(len(mine))]]
 
     def save_chunk(self, index: int, arrays: dict) -> None:

@@ -35,7 +35,7 @@ from ._kernels import (
     value_and_grad_fn,
     warmup_fn,
 )
-from ._processes import agree_min, is_main, process_count
+from ._processes import agree_min, gather, is_main, process_count
 from ._progress import Progress, progress_enabled
 from ._warnings import SamplingWarning, diagnose, genuine_divergences
 
@@ -519,11 +519,12 @@ def sample(
         process holding as many devices (see ``docs/howto.md``). ``"sequential"``: one
         chain at a time (one compile, least memory).
     progress_bar : bool or None
-        What the run shows on stderr (of process 0 only, over several processes): each compilation when it starts and its time when
+        What the run shows on stderr: each compilation when it starts and its time when
         it ends (``compiling the warmup ... (8.2 s)``), the warmup, then the draws (a
         tqdm bar on a terminal, four plain lines otherwise) with draws per second per
         chain counted after compilation. None: on when stderr is a terminal and the
-        ``CI`` environment variable is unset; True or False force it.
+        ``CI`` environment variable is unset; True or False force it. Over several
+        processes, process 0 alone shows it.
     checkpoint : str or path, optional
         Directory to write draws to, ``checkpoint_every`` draws at a time. A run that
         finds its own checkpoint there resumes after the last complete chunk and ends
@@ -865,12 +866,13 @@ class _Run:
                 count = chunk_args(state, done)[0]
                 start = time.perf_counter()
                 with progress.phase("compiling the per-draw statistics"):
+                    mine = self.chains.local
                     copies = jax.tree.map(
-                        lambda x: np.repeat(np.asarray(x), count, axis=0), state.position
+                        lambda x: np.repeat(np.asarray(x)[mine], count, axis=0), state.position
                     )
-                    jax.block_until_ready(
-                        draw_pass(copies, _generated_keys(k_generated, num_chains, done, count))
-                    )
+                    keys_ = _generated_keys(k_generated, num_chains, done, count)
+                    rows = slice(mine.start * count, mine.stop * count)
+                    jax.block_until_ready(draw_pass(copies, keys_[rows]))
                 timings["draw_stats_seconds"] += time.perf_counter() - start
         progress.start(done)
         try:
@@ -882,7 +884,7 @@ class _Run:
                 timings["sampling_seconds"] += time.perf_counter() - start
                 start = time.perf_counter()
                 gen_keys = _generated_keys(k_generated, num_chains, done, count)
-                table = _table(records, count, draw_pass, num_chains, gen_keys)
+                table = _table(records, count, draw_pass, self.chains, gen_keys)
                 timings["draw_stats_seconds"] += time.perf_counter() - start
                 table["start"], table["stop"] = np.int64(done), np.int64(done + count)
                 table.update(
@@ -901,6 +903,7 @@ class _Run:
 def _attrs(settings: Settings, idata, warm) -> dict:
     """The run's settings, library versions and gradient counts, for ``attrs``."""
     import blackjax  # on first use (see _kernels._blackjax)
+
     return {
         "inference_library": "blackjax",
         "inference_library_version": blackjax.__version__,
@@ -939,8 +942,13 @@ def _sha256(tree) -> str:
     return h.hexdigest()
 
 
-def _table(records: Record, count: int, draw_pass, num_chains, keys) -> dict:
-    """One chunk's records -> flat dict of ``(chain, count, ...)`` NumPy arrays."""
+def _table(records: Record, count: int, draw_pass, chains: ChainMap, keys) -> dict:
+    """One chunk's records -> flat dict of ``(chain, count, ...)`` NumPy arrays.
+
+    The per-draw pass runs on this process's chains (all of them but over several
+    processes, where every process then receives every chain's values).
+    """
+    num_chains = chains.num_chains
     positions = jax.tree.map(lambda x: np.asarray(x)[:, :count], records.position)
     table = {f"position__{i}": x for i, x in enumerate(jax.tree.leaves(positions))}
     table["stat__lp"] = np.asarray(records.lp)[:, :count]
@@ -948,8 +956,12 @@ def _table(records: Record, count: int, draw_pass, num_chains, keys) -> dict:
     for name in TRANSITION_STATS:
         table[f"stat__{name}"] = np.asarray(getattr(t, name))[:, :count]
     table["stat__solver_failure"] = np.asarray(t.nonfinite)[:, :count]
-    flat = jax.tree.map(lambda x: x.reshape((num_chains * count, *x.shape[2:])), positions)
-    extra = jax.device_get(draw_pass(flat, keys))
+    mine = chains.local
+    rows = slice(mine.start * count, mine.stop * count)
+    flat = jax.tree.map(lambda x: x[mine].reshape((-1, *x.shape[2:])), positions)
+    extra = jax.device_get(draw_pass(flat, keys[rows]))
+    if mine != slice(0, num_chains):  # every process's chains, in chain order
+        extra = jax.tree.map(lambda v: v.reshape((-1, *v.shape[2:])), gather(extra))
     for group, values in extra.items():
         for name, v in values.items() if isinstance(values, dict) else [("", values)]:
             v = np.asarray(v)
