@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scaleout.py              # the table of docs/benchmarks.md (~6 min)
     python benchmarks/bench_scaleout.py --quick      # 4 chains and a small SBC run only
-    python benchmarks/bench_scaleout.py --curve      # chains per second, vectorized chains
+    python benchmarks/bench_scaleout.py --curve      # draws per second, vectorized chains
                                                      # 16 .. 4,096 on the default device
 
 Configurations, each in fresh processes started by this script (the same program, the
@@ -12,7 +12,9 @@ same seed and settings):
 - ``1 proc x 2 dev``: one process with two CPU devices
   (``--xla_force_host_platform_device_count=2``), ``chain_method="parallel"``;
 - ``2 proc x 1 dev``: two processes on 127.0.0.1 (``jax.distributed``, Gloo), one device
-  each, ``chain_method="parallel"``.
+  each, ``chain_method="parallel"``; left to the OS scheduler, then ``pinned``, process
+  ``i`` on core ``i`` (``os.sched_setaffinity``, as ``taskset`` or ``srun
+  --cpu-bind=cores`` do).
 
 Workloads: ``mcg.sample`` of the library's ``conjugate`` model (``d = 16``: an inner
 minimisation over 16 unknowns in every gradient) with 4, 8 and 16 chains, 500 warmup
@@ -39,10 +41,17 @@ from pathlib import Path
 
 CHAINS = (4, 8, 16)
 DIM = 16  # the conjugate model's dimension: an inner minimisation over 16 unknowns
-CONFIGS = (("1 proc x 1 dev", 1, 1), ("1 proc x 2 dev", 1, 2), ("2 proc x 1 dev", 2, 1))
+CONFIGS = (
+    ("1 proc x 1 dev", 1, 1, False),
+    ("1 proc x 2 dev", 1, 2, False),
+    ("2 proc x 1 dev", 2, 1, False),
+    ("2 proc x 1 dev, pinned", 2, 1, True),
+)
 
 
-def _worker(workload: str, chains: int, index: int, count: int, port: int) -> None:
+def _worker(workload: str, chains: int, index: int, count: int, port: int, pin: bool) -> None:
+    if pin:  # process i on core i (what taskset -c i, or srun --cpu-bind=cores, does)
+        os.sched_setaffinity(0, {index % os.cpu_count()})
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -99,7 +108,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _measure(workload: str, chains: int, processes: int, devices: int) -> dict:
+def _measure(workload: str, chains: int, processes: int, devices: int, pin: bool) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", MCMC_CUSTOMGRAD_CACHE_DIR="off")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -111,7 +120,7 @@ def _measure(workload: str, chains: int, processes: int, devices: int) -> dict:
                 __file__,
                 "--worker",
                 workload,
-                *map(str, (chains, i, processes, port)),
+                *map(str, (chains, i, processes, port, int(pin))),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -127,8 +136,8 @@ def _measure(workload: str, chains: int, processes: int, devices: int) -> dict:
     return json.loads(outs[0][0].strip().splitlines()[-1])
 
 
-def _curve() -> None:
-    """Chains per second of vectorized chains on the default device (a GPU where there is one)."""
+def _curve(most: int) -> None:
+    """Draws per second of vectorized chains on the default device (a GPU where there is one)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -138,7 +147,7 @@ def _curve() -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform})")
     print("| chains | warmup + draws (s) | draws per second (all chains) |")
     print("|---|---|---|")
-    for chains in (16, 64, 256, 1024, 4096):
+    for chains in (c for c in (16, 64, 256, 1024, 4096, 16384) if c <= most):
         idata = mcg.sample(
             example.model,
             num_chains=chains,
@@ -157,14 +166,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 chains and the SBC run only")
     parser.add_argument("--curve", action="store_true", help="vectorized chains per second")
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--curve-max", type=int, default=4096, help="most chains in --curve")
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        workload, chains, index, count, port = args.worker
-        _worker(workload, int(chains), int(index), int(count), int(port))
+        workload, chains, index, count, port, pin = args.worker
+        _worker(workload, int(chains), int(index), int(count), int(port), pin == "1")
         return 0
     if args.curve:
-        _curve()
+        _curve(args.curve_max)
         return 0
     import jax
 
@@ -180,17 +190,18 @@ def main(argv=None) -> int:
     rows = [("sample", c) for c in (CHAINS[:1] if args.quick else CHAINS)] + [("sbc", 2)]
     for workload, chains in rows:
         base = reference = None
-        for label, processes, devices in CONFIGS:
+        for label, processes, devices, pin in CONFIGS:
             if workload == "sbc" and devices > 1:
                 continue  # sbc's fits run in one program per process, on its first device
-            m = _measure(workload, chains, processes, devices)
+            m = _measure(workload, chains, processes, devices, pin)
             base = base or m
             same = "-"
             if processes > 1:  # against one process with as many devices
                 same = "yes" if m["checksum"] == reference["checksum"] else "**no**"
-            reference = m
+            else:
+                reference = m
             workers = processes * devices
-            what = f"{chains} chains" if workload == "sample" else "SBC, 64 fits x 2 chains"
+            what = f"{chains} chains" if workload == "sample" else "SBC, 128 fits x 2 chains"
             print(
                 f"| {what} | {label} | {m['wall']:.1f} | {m['run']:.1f} "
                 f"| {base['wall'] / m['wall']:.2f} | {base['run'] / m['run']:.2f} "

@@ -128,11 +128,16 @@ def to_inference_data(posterior, sample_stats, log_likelihood=None, attrs=None, 
     groups = {"posterior": posterior, "sample_stats": sample_stats}
     if log_likelihood:
         groups["log_likelihood"] = log_likelihood
-    if ARVIZ_1:
-        tree = arviz.from_dict(groups, dims=dims)
-        tree.attrs.update(dict(attrs or {}))
-        return tree
-    return arviz.from_dict(**groups, attrs=dict(attrs or {}), dims=dims)
+    with warnings.catch_warnings():
+        # ArviZ guesses that more chains than draws means transposed axes; here the axes
+        # are (chain, draw) by contract, and thousands of short chains (on a GPU) are a
+        # real use.
+        warnings.filterwarnings("ignore", message=r"More chains \(\d+\) than draws")
+        if ARVIZ_1:
+            tree = arviz.from_dict(groups, dims=dims)
+            tree.attrs.update(dict(attrs or {}))
+            return tree
+        return arviz.from_dict(**groups, attrs=dict(attrs or {}), dims=dims)
 
 
 def summary(idata, var_names=None):

@@ -59,6 +59,7 @@ def run(checkpoint):
         density, init = (lambda x: -0.5 * jnp.sum(x**2 * jnp.arange(1.0, 4.0))), jnp.zeros(3)
     else:
         density, init = mcg.models.conjugate(d=2).model, None
+
     def generated(params, key):  # a per-draw pass for the processes to share
         return {"noise": jax.random.normal(key), "norm": jnp.linalg.norm(jnp.ravel(params))}
 

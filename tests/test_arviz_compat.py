@@ -73,6 +73,14 @@ def test_save_and_load_keep_draws_and_attributes(run, tmp_path):
     assert set(_arviz.groups(back)) == set(_arviz.groups(run))
 
 
+def test_more_chains_than_draws_is_not_a_warning():
+    # Thousands of short chains (a GPU run) are (chain, draw) by contract; ArviZ's guess
+    # that such arrays are transposed must not warn (warnings are errors in this suite).
+    run = _arviz.to_inference_data({"x": np.zeros((300, 10))}, {"lp": np.ones((300, 10))})
+    assert run.posterior["x"].shape == (300, 10)
+    assert run.sample_stats["lp"].shape == (300, 10)
+
+
 def test_kde_is_a_density():
     grid, density = _arviz.kde(RNG.normal(size=2000))
     assert grid.shape == density.shape

@@ -1135,7 +1135,8 @@ def sbc(
         A count below 1, ``num_draws`` above the draws available, ``alpha`` outside
         (0, 1), an unknown kernel, ``prior_sample`` returning other names or shapes than
         ``params``, a value outside its constraint's support, data whose shapes change
-        between simulations, or a log-density that is not a scalar.
+        between simulations, a log-density that is not a scalar, or fewer batches than
+        processes (after ``jax.distributed.initialize``).
 
     Notes
     -----

@@ -8,12 +8,17 @@ chain_method="parallel")`` then shards its chains over that global list (see
 - :func:`is_main`: process 0 prints progress and issues warnings, the others stay quiet;
 - :func:`gather`: host arrays held per process, joined in process order on every process
   (a collective: every process must call it, with the same tree structure and shapes);
+- :func:`gather_rows`, :func:`gather_json`: rows of different lengths, or any
+  JSON-serialisable value, from every process;
 - :func:`agree_min`: the smallest of one integer per process (how many checkpoint chunks
   every process has);
 - :func:`my_share`: the items of an independent sweep (SBC's fits, the validation's
-  models) that this process runs.
+  models) that this process runs;
+- :func:`collective`: a failed exchange (another process died) as
+  :class:`DistributedError`.
 
-With one process every function is the identity, and nothing here touches the network.
+Every exchange is a collective: every process must make the same calls in the same order.
+With one process nothing here touches the network.
 """
 
 from __future__ import annotations
