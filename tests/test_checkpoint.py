@@ -117,6 +117,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
         mcg.sample(MODEL, checkpoint=file, **KW)
 
 
+@pytest.mark.slow  # several runs against damaged files (issue 19 moved it)
 def test_loading_never_unpickles_and_damage_is_reported(tmp_path):
     path = tmp_path / "ck"
     mcg.sample(MODEL, checkpoint=path, **{**KW, "num_samples": 20})

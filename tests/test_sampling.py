@@ -247,6 +247,7 @@ def test_hmc_and_mala_kernels(kernel):
     assert idata.posterior.attrs["kernel"] == kernel
 
 
+@pytest.mark.slow  # one chain at a time: four compiles' worth of runs (issue 19 moved it)
 def test_sequential_chains_run_one_at_a_time_with_the_same_keys():
     # Same keys and starts: the sequential and the vectorized programs agree up to
     # rounding (they are different programs: batched and unbatched code may round the
