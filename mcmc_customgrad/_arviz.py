@@ -11,6 +11,8 @@ density estimates, the same code on both versions.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import warnings
 from pathlib import Path
 
@@ -19,7 +21,6 @@ import numpy as np
 from ._args import element_label
 
 __all__ = [
-    "arviz",
     "ARVIZ_1",
     "groups",
     "is_inference_data",
@@ -37,7 +38,14 @@ __all__ = [
 ]
 
 
-def _import_arviz():
+@functools.cache
+def _az():
+    """ArviZ, imported on first use.
+
+    Its import takes ~3 s (its plotting modules), which ``import mcmc_customgrad`` (and
+    every command-line call, every subprocess) would otherwise pay before anything needs
+    it. ``_arviz.arviz`` (module attribute) gives the same module.
+    """
     with warnings.catch_warnings():
         # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import. This module
         # is where that refactor is handled, so the announcement is not news to our users.
@@ -47,10 +55,15 @@ def _import_arviz():
     return arviz
 
 
-arviz = _import_arviz()
+def __getattr__(name):
+    if name == "arviz":  # the module itself, for code that wants it directly
+        return _az()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-#: True under ArviZ 1.x (``arviz-base``/``arviz-stats``/``arviz-plots``, Python 3.12+).
-ARVIZ_1 = int(arviz.__version__.split(".")[0]) >= 1
+
+#: True under ArviZ 1.x (``arviz-base``/``arviz-stats``/``arviz-plots``, Python 3.12+),
+#: read from the installed distribution's version without importing it.
+ARVIZ_1 = int(importlib.metadata.version("arviz").split(".")[0]) >= 1
 
 #: The summary's columns, in ArviZ 0.23's names and order, on both versions.
 SUMMARY_COLUMNS = [
@@ -132,12 +145,13 @@ def to_inference_data(posterior, sample_stats, log_likelihood=None, attrs=None, 
         # ArviZ guesses that more chains than draws means transposed axes; here the axes
         # are (chain, draw) by contract, and thousands of short chains (on a GPU) are a
         # real use.
-        warnings.filterwarnings("ignore", message=r"More chains \(\d+\) than draws")
+        warnings.filterwarnings("ignore", message=r"More chains \(\d+\) than draws")  # 0.23
+        warnings.filterwarnings("ignore", message="Found chain dimension to be longer")  # 1.x
         if ARVIZ_1:
-            tree = arviz.from_dict(groups, dims=dims)
+            tree = _az().from_dict(groups, dims=dims)
             tree.attrs.update(dict(attrs or {}))
             return tree
-        return arviz.from_dict(**groups, attrs=dict(attrs or {}), dims=dims)
+        return _az().from_dict(**groups, attrs=dict(attrs or {}), dims=dims)
 
 
 def summary(idata, var_names=None):
@@ -151,8 +165,8 @@ def summary(idata, var_names=None):
         # warnings say so in words, the table shows NaN.
         warnings.filterwarnings("ignore", category=RuntimeWarning)
         if not ARVIZ_1:
-            return arviz.summary(idata, var_names=var_names, round_to="none")[SUMMARY_COLUMNS]
-        table = arviz.summary(
+            return _az().summary(idata, var_names=var_names, round_to="none")[SUMMARY_COLUMNS]
+        table = _az().summary(
             idata, var_names=var_names, round_to="none", ci_kind="hdi", ci_prob=0.94
         )
     table = table.rename(columns={"hdi94_lb": "hdi_3%", "hdi94_ub": "hdi_97%"})
@@ -178,21 +192,21 @@ def ess(idata, method="bulk") -> dict:
     """Effective sample size per scalar parameter, ``{"x[0]": 812.3, ...}``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return _flat(_as_dataset(arviz.ess(idata, method=method)))
+        return _flat(_as_dataset(_az().ess(idata, method=method)))
 
 
 def rhat(idata) -> dict:
     """Rank-normalised split R-hat per scalar parameter."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return _flat(_as_dataset(arviz.rhat(idata)))
+        return _flat(_as_dataset(_az().rhat(idata)))
 
 
 def bfmi(idata) -> np.ndarray:
     """Estimated Bayesian fraction of missing information (E-BFMI), one per chain."""
     if ARVIZ_1:
-        return np.asarray(arviz.bfmi(idata)["energy"].values, dtype=float)
-    return np.asarray(arviz.bfmi(idata), dtype=float)
+        return np.asarray(_az().bfmi(idata)["energy"].values, dtype=float)
+    return np.asarray(_az().bfmi(idata), dtype=float)
 
 
 #: The first bytes of the two netCDF formats: HDF5 (netCDF-4, what :func:`save` writes;
@@ -326,7 +340,7 @@ def load(path):
     with open(source, "rb") as file:  # a file that cannot be read says so here, as itself
         head = file.read(len(_HDF5_SIGNATURE))
     try:
-        run = arviz.from_netcdf(str(path))
+        run = _az().from_netcdf(str(path))
         if ARVIZ_1:
             # ArviZ 1.x opens the file lazily and keeps it open; read it all and close it,
             # so that the run outlives the file and the path can be written again.
@@ -354,7 +368,7 @@ def _dataset(draws):
     draws = np.asarray(draws, dtype=float)
     if draws.ndim < 2:
         raise ValueError(f"draws need shape (chain, draw, ...), got shape {draws.shape}")
-    return arviz.convert_to_dataset({"v": draws})
+    return _az().convert_to_dataset({"v": draws})
 
 
 def ess_draws(draws, method="bulk") -> np.ndarray:
@@ -367,7 +381,7 @@ def ess_draws(draws, method="bulk") -> np.ndarray:
         # A constant series (an indicator that is never true) has no autocorrelation to
         # estimate: ArviZ divides by a zero variance and returns NaN, which callers handle.
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        result = _as_dataset(arviz.ess(_dataset(draws), method=method))
+        result = _as_dataset(_az().ess(_dataset(draws), method=method))
         return np.asarray(result["v"].values, dtype=float)
 
 
@@ -376,7 +390,7 @@ def rhat_draws(draws) -> np.ndarray:
     with warnings.catch_warnings():
         # As in ess_draws: NaN for a constant series.
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        return np.asarray(_as_dataset(arviz.rhat(_dataset(draws)))["v"].values, dtype=float)
+        return np.asarray(_as_dataset(_az().rhat(_dataset(draws)))["v"].values, dtype=float)
 
 
 def kde(values) -> tuple[np.ndarray, np.ndarray]:
@@ -392,5 +406,5 @@ def kde(values) -> tuple[np.ndarray, np.ndarray]:
 
         grid, density, _ = array_stats.kde(values)
     else:
-        grid, density = arviz.kde(values)
+        grid, density = _az().kde(values)
     return np.asarray(grid), np.asarray(density)
