@@ -94,6 +94,8 @@ if mode in ("quick", "sample", "kill"):
         def save_then_die(self, i, table):
             save_chunk(self, i, table)
             if i == 1:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "died_at").write_text(repr(time.time()))
                 os._exit(7)
 
         _checkpoint.Checkpoint.save_chunk = save_then_die
@@ -112,6 +114,7 @@ if mode in ("quick", "sample", "kill"):
     except mcg.DistributedError as err:
         found["error"] = {"type": type(err).__name__, "message": str(err)}
         found["seconds_to_error"] = time.perf_counter() - start
+        found["error_at"] = time.time()
 elif mode == "sbc":
     problem = mcg.SBCProblem(
         params={"mu": mcg.real()},

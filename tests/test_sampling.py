@@ -316,6 +316,7 @@ def test_rhat_warning_prints_three_decimals():
 # in a process with XLA_FLAGS=--xla_force_host_platform_device_count=4.
 
 
+@pytest.mark.slow  # its own compile; tests/test_distributed.py runs the parallel path fast
 def test_parallel_with_one_device_warns_and_runs_vectorized():
     with pytest.warns(mcg.SamplingWarning, match="run vectorized"):
         idata = mcg.sample(EXAMPLE.model, chain_method="parallel", **SMALL)
