@@ -446,11 +446,17 @@ def test_dense_newton_never_runs_two_lapack_kernels_at_once_under_vmap():
     # of them run at once as it has threads (seen as a hang of a Kepler run on 2 cores).
     # Under vmap Newton's Levenberg-Marquardt branch runs too (the cond becomes a
     # select): its Cholesky must wait for the LU step, as JAX's selection of the
-    # branch's operands by the predicate makes it; a scalar equation uses no LAPACK.
-    def two(y, a):
-        return jnp.array([y[0] ** 3 + y[1] - a, y[1] ** 3 - y[0] + 2 * a])
+    # branch's operands by the predicate makes it. Up to ELIMINATION_LIMIT unknowns the
+    # steps use no LAPACK at all (elimination in XLA), from a scalar equation up.
+    from mcmc_customgrad.implicit.newton import ELIMINATION_LIMIT
 
-    batched = jax.vmap(lambda a: mcg.root(two, jnp.array([5.0, -3.0]), a))
+    n = ELIMINATION_LIMIT + 1
+
+    def coupled(y, a):
+        return y**3 + 0.5 * jnp.roll(y, 1) - a * jnp.linspace(1.0, 2.0, y.shape[0])
+
+    y0 = jnp.where(jnp.arange(n) % 2 == 0, 5.0, -3.0)
+    batched = jax.vmap(lambda a: mcg.root(coupled, y0, a))
     jaxpr = jax.make_jaxpr(batched)(jnp.linspace(1.0, 2.0, 8)).jaxpr
     assert {"lu", "cholesky"} <= primitive_names(jaxpr)
     assert _lapack_calls_wait_for_lu(jaxpr)
@@ -460,10 +466,33 @@ def test_dense_newton_never_runs_two_lapack_kernels_at_once_under_vmap():
     )(jnp.eye(2)).jaxpr
     assert not _lapack_calls_wait_for_lu(side_by_side)
     y = batched(jnp.linspace(1.0, 2.0, 8))
-    np.testing.assert_allclose(jax.vmap(two)(y, jnp.linspace(1.0, 2.0, 8)), 0.0, atol=1e-10)
+    np.testing.assert_allclose(jax.vmap(coupled)(y, jnp.linspace(1.0, 2.0, 8)), 0.0, atol=1e-10)
 
     scalar = jax.vmap(lambda a: mcg.root(lambda y, a: y**3 - a, jnp.array([1.0]), a))
-    assert not {"lu", "cholesky", "triangular_solve"} & primitive_names(
-        jax.make_jaxpr(scalar)(jnp.linspace(1.0, 8.0, 4)).jaxpr
-    )
+    small = jax.vmap(lambda a: mcg.root(coupled, y0[: n - 1], a))
+    for solve in (scalar, small):
+        assert not {"lu", "cholesky", "triangular_solve"} & primitive_names(
+            jax.make_jaxpr(solve)(jnp.linspace(1.0, 8.0, 4)).jaxpr
+        )
     np.testing.assert_allclose(scalar(jnp.array([1.0, 8.0]))[:, 0], [1.0, 2.0], rtol=1e-12)
+    a = jnp.array([1.0, 1.5])
+    np.testing.assert_allclose(jax.vmap(coupled)(small(a), a), 0.0, atol=1e-10)
+
+
+def test_small_dense_steps_pivot_and_report_singular_systems():
+    # Newton's root steps up to ELIMINATION_LIMIT unknowns: elimination with partial
+    # pivoting in XLA, as accurate as LAPACK's LU, non-finite for a singular matrix.
+    from mcmc_customgrad.implicit.newton import ELIMINATION_LIMIT, _solve_small
+
+    rng = np.random.default_rng(3)
+    for n in (2, 5, ELIMINATION_LIMIT):
+        a = rng.normal(size=(n, n))
+        a[0, 0] = 0.0  # needs a row exchange
+        b = rng.normal(size=n)
+        np.testing.assert_allclose(
+            _solve_small(jnp.asarray(a), jnp.asarray(b)), np.linalg.solve(a, b), rtol=1e-10
+        )
+    swap = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+    np.testing.assert_array_equal(_solve_small(swap, jnp.array([2.0, 3.0])), [3.0, 2.0])
+    singular = jnp.array([[1.0, 2.0], [2.0, 4.0]])
+    assert not bool(jnp.all(jnp.isfinite(_solve_small(singular, jnp.array([1.0, 1.0])))))

@@ -327,13 +327,13 @@ class IterateThenNewton(Solver):
         def residual(y):
             return problem.residual(y, params)
 
-        best_y, first = _iterate_while_fast(
+        start, first = _iterate_while_fast(
             residual, y0, rtol, atol, self.max_steps, self.rate, self.patience
         )
         active = ~first.converged
         newton = self.second_stage
         return continue_where(
-            active, first, lambda _: newton.run(problem, best_y, params, active=active)
+            active, first, lambda _: newton.run(problem, start(), params, active=active)
         )
 
 
@@ -346,9 +346,10 @@ def _iterate_while_fast(residual, y0, rtol, atol, max_steps, rate, patience):
 
     The convergence test is :class:`FixedPointIteration`'s. Stops when converged, after
     ``patience`` consecutive passes whose residual fell by less than the factor
-    ``rate``, at a non-finite residual, or after ``max_steps``. Returns where Newton
-    should start (the better of the last two points: the one before a step that left
-    the map's domain or made the residual grow) and the result at the last point.
+    ``rate``, at a non-finite residual, or after ``max_steps``. Returns ``start()``,
+    where Newton should start (the better of the last two points: the one before a step
+    that left the map's domain or made the residual grow; a function, so that it is
+    computed in Newton's branch only), and the result at the last point.
 
     On a CPU a small solve's time is the number of kernels XLA runs per pass (about
     60 ns each), not their size. So each pass evaluates the map once and updates every
@@ -400,9 +401,13 @@ def _iterate_while_fast(residual, y0, rtol, atol, max_steps, rate, patience):
     result = _result_from_norms(
         y, done(stats), k, stats[_R], stats[_DISTANCE], stats[_Y], rtol, atol
     )
+
     # y - r_prev is the point before the last step (up to rounding). False for NaNs.
-    last_better = ~(stats[_R] > stats[_PREVIOUS]) & jnp.isfinite(stats[_R])
-    return jnp.where(last_better | (k == 0), y, y - r_prev), result
+    def start():
+        last_better = ~(stats[_R] > stats[_PREVIOUS]) & jnp.isfinite(stats[_R])
+        return jnp.where(last_better | (k == 0), y, y - r_prev)
+
+    return start, result
 
 
 def _done_from_norms(r_norm, y_norm, distance, r0_norm, rtol, atol):

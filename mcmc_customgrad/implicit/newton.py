@@ -210,6 +210,34 @@ def _spd_solve(a, b):
     return jnp.where(positive, m[:, n], jnp.nan)
 
 
+def _solve_small(a, b):
+    """``a^-1 b`` for a general square ``a``: LU by LAPACK, or elimination when small.
+
+    Up to ``ELIMINATION_LIMIT`` unknowns Gauss-Jordan elimination with partial pivoting
+    in XLA (a singular ``a`` gives a non-finite answer, as LAPACK's LU does): in a
+    compiled solve a LAPACK call costs about a microsecond of dispatch whatever its
+    size, several times the whole elimination of a 3 x 3 system.
+    """
+    n = a.shape[0]
+    if n > ELIMINATION_LIMIT:
+        return jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b)
+    rows = jnp.arange(n)
+
+    def eliminate(k, m):
+        column = jnp.where(rows >= k, jnp.abs(m[:, k]), -1.0)
+        pivot_at = jnp.argmax(column)
+        # Swap rows k and pivot_at, then eliminate column k from every other row.
+        swap = jnp.where(rows == k, pivot_at, jnp.where(rows == pivot_at, k, rows))
+        m = m[swap]
+        pivot_row = lax.dynamic_index_in_dim(m, k, 0, keepdims=False)
+        row = pivot_row / pivot_row[k]
+        column = lax.dynamic_index_in_dim(m, k, 1, keepdims=True)
+        return jnp.where(rows[:, None] == k, row[None, :], m - column * row[None, :])
+
+    m = lax.fori_loop(0, n, eliminate, jnp.concatenate([a, b[:, None]], axis=1))
+    return m[:, n]
+
+
 def _drop_nonfinite_curvature(h):
     # Rows/columns of the Hessian that are not finite (|y|^p with p < 2 at y = 0, where
     # the curvature is infinite) carry no usable information: zero them, so that only
@@ -509,10 +537,7 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps, active=None):
         # scalar equation (one per element under vmap, as in Kepler's) divides instead.
         j = jnp.where(jnp.isfinite(j := jacobian(y)), j, 0.0)
         grad_merit = j.T @ r
-        if n == 1:
-            p_newton = -r / j[0]
-        else:
-            p_newton = -jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(j), r)
+        p_newton = -r / j[0] if n == 1 else -_solve_small(j, r)
         newton_finite = jnp.all(jnp.isfinite(p_newton))
         newton_ok = newton_finite & (jnp.vdot(grad_merit, p_newton) < 0)
         # Levenberg-Marquardt where the Newton step is unusable or the last step was cut
@@ -529,8 +554,7 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps, active=None):
             # step, so this Cholesky waits for it. That matters: jaxlib 0.10's batched
             # LAPACK kernels deadlock XLA:CPU's thread pool when as many of them run at
             # once as it has threads (test_solvers.py checks the order).
-            a = j.T @ j + mu * eye
-            return -jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(a), True), grad_merit)
+            return -_spd_solve(j.T @ j + mu * eye, grad_merit)
 
         p = lax.cond(damp, levenberg_marquardt, lambda _: p_newton, None)
         slope = jnp.vdot(grad_merit, p)
