@@ -101,19 +101,30 @@ def backtrack(evaluate, y, merit_y, p, slope, prefer=None, flat=None, noise=None
             i + 1,
         )
 
+    def search(trial):
+        empty = (one, *trial[1:], jnp.array(False))
+        fallback = remember(trial, empty, armijo_test)
+        rescue = remember(trial, empty, flat_at)
+        trial, fallback, rescue, _ = lax.while_loop(cond, body, (trial, fallback, rescue, 0))
+        use_fallback = ~preferred(*trial) & fallback[3]
+        alpha, m, aux = jax.tree.map(
+            lambda a, b: jnp.where(use_fallback, a, b), fallback[:3], trial
+        )
+        accepted = armijo_at(alpha, m)
+        if flat is not None:
+            use_rescue = ~accepted & rescue[3]
+            alpha, m, aux = jax.tree.map(
+                lambda a, b: jnp.where(use_rescue, a, b), rescue[:3], (alpha, m, aux)
+            )
+            accepted = accepted | use_rescue
+        return alpha, m, aux, accepted
+
+    def take(trial):
+        return (*trial, jnp.array(True))
+
     one = jnp.ones((), y.dtype)
     trial = (one, *evaluate(y + p))
-    empty = (one, *trial[1:], jnp.array(False))
-    fallback = remember(trial, empty, armijo_test)
-    rescue = remember(trial, empty, flat_at)
-    trial, fallback, rescue, _ = lax.while_loop(cond, body, (trial, fallback, rescue, 0))
-    use_fallback = ~preferred(*trial) & fallback[3]
-    alpha, m, aux = jax.tree.map(lambda a, b: jnp.where(use_fallback, a, b), fallback[:3], trial)
-    accepted = armijo_at(alpha, m)
-    if flat is not None:
-        use_rescue = ~accepted & rescue[3]
-        alpha, m, aux = jax.tree.map(
-            lambda a, b: jnp.where(use_rescue, a, b), rescue[:3], (alpha, m, aux)
-        )
-        accepted = accepted | use_rescue
-    return alpha, m, aux, accepted
+    # The full step is what a Newton step near the solution takes: accepted without the
+    # search's bookkeeping (in a compiled solve, its loop and selects cost more kernels
+    # per pass than a small problem's whole step). The result is the same either way.
+    return lax.cond(preferred(*trial), take, search, trial)

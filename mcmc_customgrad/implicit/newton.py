@@ -330,7 +330,7 @@ def _newton_loop(
         if switch is not None:
             to_fallback, extra_steps = switch
             go = ~switched & (tracker.stagnated(STALL_NEWTON) | (k >= limit))
-            aux = jax.tree.map(lambda a, b: jnp.where(go, a, b), to_fallback(aux), aux)
+            aux = lax.cond(go, to_fallback, lambda aux: aux, aux)
             tracker = tracker._replace(stall=jnp.where(go, 0, tracker.stall))
             limit = jnp.where(go, k + extra_steps, limit)
             switched = switched | go
@@ -404,6 +404,24 @@ FALLBACK_STEPS = 1000
 _NEWTON, _BFGS_FRESH, _BFGS = 0, 1, 2
 
 
+def _bfgs_update(b, mode, s, v, accepted, eye):
+    """The dense Newton minimiser's BFGS fallback: ``B`` after the step ``s``, ``v = dg``.
+
+    ``B+ = B - B s s'B / s'B s + v v' / s'v``, kept only where the curvature condition
+    holds (it keeps ``B`` positive definite); before the first update ``B`` is rescaled
+    to ``v'v / s'v`` (Nocedal and Wright). Returns ``(B, mode)``.
+    """
+    sv = jnp.vdot(s, v)
+    good = accepted & (sv > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(v))
+    safe_sv = jnp.where(good, sv, 1.0)
+    b = jnp.where(good & (mode == _BFGS_FRESH), (jnp.vdot(v, v) / safe_sv) * eye, b)
+    bs = b @ s
+    sbs = jnp.vdot(s, bs)
+    updated = b - jnp.outer(bs, bs) / jnp.where(good, sbs, 1.0) + jnp.outer(v, v) / safe_sv
+    b = jnp.where(good & (sbs > 0), updated, b)
+    return b, jnp.where(good, jnp.int32(_BFGS), mode)
+
+
 def _newton_min(problem, y0, params, rtol, atol, max_steps, fallback=True):
     def f(y):
         return problem.objective(y, params)
@@ -433,11 +451,14 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps, fallback=True):
         finite = jnp.all(jnp.isfinite(p))
         newton_ok = finite & (slope < 0)
         delta = jnp.where(finite & (mode != _BFGS_FRESH), max_norm(p), jnp.inf)
+
         # Indefinite or broken Hessian: a gradient step scaled by the curvature bound
         # (none where the Hessian is not finite, as for |y|^1.5 at 0).
-        p_grad = -g / (_finite_norm(h) + mu + jnp.finfo(y.dtype).tiny)
-        p = jnp.where(newton_ok, p, p_grad)
-        slope = jnp.where(newton_ok, slope, jnp.vdot(g, p_grad))
+        def gradient_step(_):
+            p_grad = -g / (_finite_norm(h) + mu + jnp.finfo(y.dtype).tiny)
+            return p_grad, jnp.vdot(g, p_grad)
+
+        p, slope = lax.cond(newton_ok, lambda _: (p, slope), gradient_step, None)
         light = newton_ok & (mu <= 1e-3 * jnp.linalg.norm(h)) & ~quasi
         return p, slope, light, delta
 
@@ -456,21 +477,13 @@ def _newton_min(problem, y0, params, rtol, atol, max_steps, fallback=True):
         )
         if not fallback:
             return alpha, (f_new, g_new, b, mode), accepted
-        # BFGS update of the Hessian approximation, B+ = B - B s s'B / s'B s + v v' / s'v,
-        # kept only where the curvature condition holds (it keeps B positive definite);
-        # before the first update B is rescaled to v'v / s'v (Nocedal and Wright).
-        s_, v = alpha * p, g_new - g
-        sv = jnp.vdot(s_, v)
-        good = (
-            accepted & (mode != _NEWTON) & (sv > 1e-10 * jnp.linalg.norm(s_) * jnp.linalg.norm(v))
+        # In Newton mode nothing more (a lax.cond: the update's dozen small kernels per
+        # pass were a third of a 2-unknown Newton pass).
+        b, mode = lax.cond(
+            mode == _NEWTON,
+            lambda: (b, mode),
+            lambda: _bfgs_update(b, mode, alpha * p, g_new - g, accepted, eye),
         )
-        safe_sv = jnp.where(good, sv, 1.0)
-        b = jnp.where(good & (mode == _BFGS_FRESH), (jnp.vdot(v, v) / safe_sv) * eye, b)
-        bs = b @ s_
-        sbs = jnp.vdot(s_, bs)
-        updated = b - jnp.outer(bs, bs) / jnp.where(good, sbs, 1.0) + jnp.outer(v, v) / safe_sv
-        b = jnp.where(good & (sbs > 0), updated, b)
-        mode = jnp.where(good, jnp.int32(_BFGS), mode)
         return alpha, (f_new, g_new, b, mode), accepted
 
     def to_bfgs(aux):
@@ -560,9 +573,12 @@ def _newton_root(problem, y0, params, rtol, atol, max_steps, active=None):
         slope = jnp.vdot(grad_merit, p)
         step_ok = jnp.all(jnp.isfinite(p)) & (slope < 0)
         delta = jnp.where(newton_finite, max_norm(p_newton), jnp.inf)
-        p_grad = -grad_merit / (_finite_norm(j) ** 2 + mu + jnp.finfo(y.dtype).tiny)
-        p = jnp.where(step_ok, p, p_grad)
-        slope = jnp.where(step_ok, slope, jnp.vdot(grad_merit, p_grad))
+
+        def gradient_step(_):
+            p_grad = -grad_merit / (_finite_norm(j) ** 2 + mu + jnp.finfo(y.dtype).tiny)
+            return p_grad, jnp.vdot(grad_merit, p_grad)
+
+        p, slope = lax.cond(step_ok, lambda _: (p, slope), gradient_step, None)
         light = step_ok & ~damp
         return p, slope, light, delta
 
