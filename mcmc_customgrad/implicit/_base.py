@@ -307,7 +307,9 @@ def continue_where(active, first: SolverResult, second) -> SolverResult:
     """``second(first)`` where ``active``, else ``first``: a hybrid solver's next stage.
 
     ``second(first) -> SolverResult`` runs the next stage from ``first.y`` for the
-    ``active`` elements (its loop starts stopped for the others). A ``lax.cond``, so
+    ``active`` elements (its loop starts stopped for the others). ``active`` may be a
+    function of ``first``: it is then computed again inside the stage's branch rather
+    than passed in (one kernel less when the stage does not run). A ``lax.cond``, so
     that without ``vmap`` an unneeded stage costs nothing: even a loop that never runs
     costs its loop-invariant setup, which XLA hoists before the loop (an identity
     matrix to build a Jacobian, 30 µs at 100 unknowns). Under ``vmap`` with a batched
@@ -325,12 +327,14 @@ def continue_where(active, first: SolverResult, second) -> SolverResult:
             jnp.asarray(res.error_estimate, first.y.dtype),
         )
 
-    def run(_):
+    def run(first):
+        act = active(first) if callable(active) else active
         more = second(first)
-        merged = jax.tree.map(lambda a, b: jnp.where(active, a, b), more, first)
-        return normalise(merged, first.num_steps + jnp.where(active, more.num_steps, 0))
+        merged = jax.tree.map(lambda a, b: jnp.where(act, a, b), more, first)
+        return normalise(merged, first.num_steps + jnp.where(act, more.num_steps, 0))
 
-    return jax.lax.cond(active, run, lambda _: normalise(first, first.num_steps), None)
+    predicate = active(first) if callable(active) else active
+    return jax.lax.cond(predicate, run, lambda first: normalise(first, first.num_steps), first)
 
 
 def status_of(
@@ -458,8 +462,14 @@ def residual_scale(kind: str, y, value=None):
 
 
 def max_norm(x):
-    """Max-norm of a flat vector; 0 for an empty one."""
-    return jnp.max(jnp.abs(x), initial=0.0)
+    """Max-norm of a flat vector; 0 for an empty one (NaN if any entry is NaN).
+
+    The empty case is decided from the static shape: ``jnp.max(..., initial=0.0)`` would
+    add a ``maximum`` after the reduction, which XLA:CPU runs as a kernel of its own
+    wherever the norm has several users (a solver loop's tests).
+    """
+    a = jnp.abs(x)
+    return jnp.zeros((), a.dtype) if a.size == 0 else jnp.max(a)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

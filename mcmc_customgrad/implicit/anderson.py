@@ -330,11 +330,15 @@ class IterateThenNewton(Solver):
         start, first = _iterate_while_fast(
             residual, y0, rtol, atol, self.max_steps, self.rate, self.patience
         )
-        active = ~first.converged
         newton = self.second_stage
-        return continue_where(
-            active, first, lambda _: newton.run(problem, start(), params, active=active)
-        )
+
+        def unconverged(result):
+            return ~result.converged
+
+        def second(result):
+            return newton.run(problem, start(), params, active=unconverged(result))
+
+        return continue_where(unconverged, first, second)
 
 
 # The first stage's scalars, carried as one small vector (see _iterate_while_fast).
