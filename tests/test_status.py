@@ -302,6 +302,11 @@ def test_slow_and_divergent_maps_go_to_newton():
     assert bool(info.converged) and y.tolist() == [1.0, 1.0]
     d = jax.grad(lambda c: mcg.fixed_point(slow, jnp.ones(1), c)[0])(2.0)
     np.testing.assert_allclose(d, 1 / (3 * 2.0 ** (2 / 3)), rtol=1e-9)
+    # The iteration 0.5 -> 2 -> -1 leaves the map's domain (sqrt of a negative number):
+    # Newton starts from the last point where the map was finite, y = 2, not from -1.
+    leaves = lambda y, c: c - 2.0 * y + 0.0 * jnp.sqrt(y)  # noqa: E731  fixed point c / 3
+    y, info = mcg.fixed_point(leaves, jnp.array([0.5]), 3.0, full_output=True)
+    assert bool(info.converged) and abs(float(y[0]) - 1.0) < 1e-12
 
 
 def test_hybrid_under_vmap_mixes_both_stages():

@@ -245,12 +245,13 @@ class IterateThenNewton(Solver):
     (Optimistix's test maps of 28 and 100 unknowns: 4 to 24 times slower by Newton).
     Newton pays off where the iteration is slow or diverges. So this iterates
     ``y <- T(y)`` (:class:`FixedPointIteration`'s convergence test) while the residual
-    ``T(y) - y`` falls by at least the factor ``rate`` per step, and hands the best
-    point so far to :class:`Newton` once it has not for ``patience`` steps in a row
-    (a contraction factor above ``rate``: at ``rate = 0.9`` the iteration would need
-    more than 200 steps to gain 10 digits), when the map leaves its domain (a NaN), or
-    after ``max_steps`` iterations. Under ``vmap`` the Newton stage runs only for the
-    elements that need it.
+    ``T(y) - y`` falls by at least the factor ``rate`` per step, and hands over to
+    :class:`Newton` once it has not for ``patience`` steps in a row (a contraction
+    factor above ``rate``: at ``rate = 0.9`` the iteration would need more than 200
+    steps to gain 10 digits), when the map leaves its domain (a NaN), or after
+    ``max_steps`` iterations. Newton starts from the better of the last two points (the
+    one before a step that left the domain or made the residual grow). Under ``vmap``
+    the Newton stage runs only for the elements that need it.
 
     Parameters
     ----------

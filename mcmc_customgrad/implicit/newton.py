@@ -38,14 +38,14 @@ class Newton(Solver):
     up to 12 unknowns) with ``mu = lam |g|``, vanishing once the gradient passes its
     test (``lam`` starts at ``DAMPING_START = 1e-3``). For a root (and a fixed point,
     as the root of ``T(y) - y``) the step is the plain Newton step ``J p = -F`` (one LU
-    factorisation), and the Levenberg-Marquardt step ``(J'J + mu I) p = -J'F`` with
-    ``mu = lam |F|`` replaces it when the Newton step is not finite or not a descent
-    direction for ``|F|^2``, or when the last step had to be shortened (a poor Newton
-    model). So convergence is quadratic near a regular solution, while a singular
-    Hessian or Jacobian (the seed-000 start ``y0 = 0`` of ``|y|^3/3 - x y``, where plain
-    Newton stalls) still gives a well-defined descent step. ``lam`` shrinks after full
-    steps and grows after shortened ones. The line search rejects non-finite trial
-    points.
+    factorisation; elimination with partial pivoting for up to 12 unknowns), and the
+    Levenberg-Marquardt step ``(J'J + mu I) p = -J'F`` with ``mu = lam |F|`` replaces
+    it when the Newton step is not finite or not a descent direction for ``|F|^2``, or
+    when the last step had to be shortened (a poor Newton model). So convergence is
+    quadratic near a regular solution, while a singular Hessian or Jacobian (the
+    seed-000 start ``y0 = 0`` of ``|y|^3/3 - x y``, where plain Newton stalls) still
+    gives a well-defined descent step. ``lam`` shrinks after full steps and grows after
+    shortened ones. The line search rejects non-finite trial points.
 
     With ``linear_solver`` (any :mod:`mcmc_customgrad.linear` solver but ``Dense``) the
     steps are solved by it instead, with the operator given as JVPs (Hessian-vector
