@@ -239,6 +239,7 @@ def test_a_resume_that_changes_the_outputs_is_refused(tmp_path, original, change
         )
 
 
+@pytest.mark.slow  # two runs and a cache release (moved for the fast tier's budget)
 def test_the_fingerprint_does_not_depend_on_what_the_process_did_before(tmp_path):
     # The jaxpr JAX traces for one function changes after jax.clear_caches() (one more
     # constant, a dead reshape): a fingerprint built on it refused a resume in a process

@@ -96,6 +96,7 @@ def _decimals(text):
     return max(len(d) for row in rows for d in re.findall(r"\d\.(\d+)", row))
 
 
+@pytest.mark.slow  # fast tier: test_sample_a_model_from_a_file samples by the CLI too
 def test_sample_then_summary(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr("mcmc_customgrad._cache.configure_cache", lambda: calls.append(1))

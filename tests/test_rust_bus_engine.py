@@ -96,6 +96,7 @@ def _unrolled_log_probs(rb, RC, theta1, probs, num_steps=3000):
     return jax.nn.log_sigmoid(v_replace - v_keep)
 
 
+@pytest.mark.slow  # an unrolled iteration and finite differences (fast tier's budget)
 def test_implicit_gradient_matches_unrolled_iteration_and_finite_differences(rb, probs):
     weights = jnp.linspace(1.0, 2.0, 90)
 

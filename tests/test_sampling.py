@@ -328,6 +328,7 @@ def _maps():
         return sum(1 for _ in f)
 
 
+@pytest.mark.slow  # compiles, releases and compiles again (moved for the fast tier's budget)
 def test_clear_caches_releases_the_compiled_programs():
     from mcmc_customgrad.sampling import _chains
 
