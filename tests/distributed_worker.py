@@ -99,7 +99,6 @@ if mode in ("quick", "sample", "kill"):
                 os._exit(7)
 
         _checkpoint.Checkpoint.save_chunk = save_then_die
-    start = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -113,7 +112,6 @@ if mode in ("quick", "sample", "kill"):
         }
     except mcg.DistributedError as err:
         found["error"] = {"type": type(err).__name__, "message": str(err)}
-        found["seconds_to_error"] = time.perf_counter() - start
         found["error_at"] = time.time()
 elif mode == "sbc":
     problem = mcg.SBCProblem(

@@ -194,20 +194,35 @@ def _spd_solve(a, b):
     n = a.shape[0]
     if n > ELIMINATION_LIMIT:
         return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(a), True), b)
-    rows = jnp.arange(n)[:, None]
+    x, positive = _gauss_jordan(a, b, pivoting=False)
+    return jnp.where(positive, x, jnp.nan)
+
+
+def _gauss_jordan(a, b, pivoting):
+    """``(a^-1 b, all pivots > 0)`` by Gauss-Jordan elimination in XLA (``a`` small).
+
+    With ``pivoting`` each column's pivot is its largest entry at or below the diagonal
+    (partial pivoting; a singular ``a`` gives a non-finite answer, as LAPACK's LU does);
+    without, the pivots are the diagonal's, whose signs :func:`_spd_solve` reads.
+    """
+    n = a.shape[0]
+    rows = jnp.arange(n)
 
     def eliminate(k, carry):
         m, positive = carry
+        if pivoting:
+            pivot_at = jnp.argmax(jnp.where(rows >= k, jnp.abs(m[:, k]), -1.0))
+            m = m[jnp.where(rows == k, pivot_at, jnp.where(rows == pivot_at, k, rows))]
         pivot_row = lax.dynamic_index_in_dim(m, k, 0, keepdims=False)
         pivot = pivot_row[k]
         row = pivot_row / pivot
         column = lax.dynamic_index_in_dim(m, k, 1, keepdims=True)
-        m = jnp.where(rows == k, row[None, :], m - column * row[None, :])
+        m = jnp.where(rows[:, None] == k, row[None, :], m - column * row[None, :])
         return m, positive & (pivot > 0)
 
     augmented = jnp.concatenate([a, b[:, None]], axis=1)
     m, positive = lax.fori_loop(0, n, eliminate, (augmented, jnp.array(True)))
-    return jnp.where(positive, m[:, n], jnp.nan)
+    return m[:, n], positive
 
 
 def _solve_small(a, b):
@@ -221,21 +236,7 @@ def _solve_small(a, b):
     n = a.shape[0]
     if n > ELIMINATION_LIMIT:
         return jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), b)
-    rows = jnp.arange(n)
-
-    def eliminate(k, m):
-        column = jnp.where(rows >= k, jnp.abs(m[:, k]), -1.0)
-        pivot_at = jnp.argmax(column)
-        # Swap rows k and pivot_at, then eliminate column k from every other row.
-        swap = jnp.where(rows == k, pivot_at, jnp.where(rows == pivot_at, k, rows))
-        m = m[swap]
-        pivot_row = lax.dynamic_index_in_dim(m, k, 0, keepdims=False)
-        row = pivot_row / pivot_row[k]
-        column = lax.dynamic_index_in_dim(m, k, 1, keepdims=True)
-        return jnp.where(rows[:, None] == k, row[None, :], m - column * row[None, :])
-
-    m = lax.fori_loop(0, n, eliminate, jnp.concatenate([a, b[:, None]], axis=1))
-    return m[:, n]
+    return _gauss_jordan(a, b, pivoting=True)[0]
 
 
 def _drop_nonfinite_curvature(h):
